@@ -1,0 +1,307 @@
+"""JWT authentication and role checks (SPEC §2).
+
+Keys: HS256 secrets (the first signs what ``rpad token`` mints; all verify, for rotation) and
+verification-only public keys (RS256, ES256, EdDSA) of another issuer. The algorithm a token
+may use is decided by the key that verifies it, never by the token alone: an HS256 token is
+only ever checked against secrets, so a public key's bytes can never serve as an HMAC secret,
+and ``alg: none`` matches no key at all. A ``kid`` header is ignored (every configured key of
+the right kind is tried); nothing is ever fetched because a token says so.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as pysecrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+from .config import Config
+
+ROLES = ("agent", "viewer", "service", "admin")
+_RANK = {"agent": 0, "viewer": 1, "service": 2, "admin": 3}
+SECRET_BYTES = 32
+TOKEN_CACHE_SIZE = 10_000
+MAX_TOKEN_CHARS = 8192
+CREDENTIAL_NAME = "jwt.secret"
+
+
+class AuthError(Exception):
+    """401 (``unauthorized``: no or bad token) or 403 (``forbidden``: valid, not allowed)."""
+
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+        self.status = status
+        self.code = code or ("unauthorized" if status == 401 else "forbidden")
+        self.message = message
+        super().__init__(message)
+
+
+@attrs.frozen(slots=True)
+class Principal:
+    sub: str
+    role: str
+    topics: tuple[str, ...] = ()
+    publish: tuple[str, ...] = ()
+    exp: float | None = None
+    gen: int = 0
+
+    def at_least(self, role: str) -> bool:
+        return _RANK[self.role] >= _RANK[role]
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+def require_role(p: Principal, role: str) -> None:
+    if not p.at_least(role):
+        raise AuthError(403, f"this needs the {role} role or higher; the token's role is {p.role}")
+
+
+def require_client_access(p: Principal, client_id: str, *, write: bool) -> None:
+    """Agents may only touch their own client; viewers may read; service/admin may write."""
+    if p.role == "agent":
+        if p.sub != client_id:
+            raise AuthError(403, "an agent token may only be used for its own client id")
+        return
+    if write and not p.at_least("service"):
+        raise AuthError(403, f"sending heartbeats needs the agent, service or admin role; the token's role is {p.role}")
+
+
+def parse_ttl(text: str) -> float | None:
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"3600"`` → seconds; ``"never"`` → None."""
+    if text == "never":
+        return None
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    if not m:
+        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 1h, 30d or never")
+    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    seconds = float(m.group(1)) * unit
+    if seconds <= 0:
+        raise ValueError("a token lifetime must be positive")
+    return seconds
+
+
+def _alg_of_public_key(key: Any) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return "ES256"
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return "EdDSA"
+    raise ValueError("unsupported public key type (use RSA, EC P-256 or Ed25519)")
+
+
+@attrs.define
+class Keys:
+    secrets: list[bytes]
+    public_keys: list[tuple[str, Any]]  # (alg, key object)
+
+
+def _read_secret(path: Path) -> bytes:
+    data = path.read_bytes().strip()
+    if len(data) < 16:
+        raise ValueError(f"{path}: a secret must be at least 16 bytes")
+    return data
+
+
+def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
+    """Read the configured keys. With no secret file configured, use the systemd credential
+    ``jwt.secret`` if there is one, else ``<state_dir>/jwt.secret``, generated (mode 0600) on
+    first start. Raises ValueError naming the file on a bad key."""
+    secret_list: list[bytes] = []
+    if cfg.auth.secret_file:
+        secret_list.append(_read_secret(Path(cfg.auth.secret_file)))
+    else:
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        cred = Path(cred_dir) / CREDENTIAL_NAME if cred_dir else None
+        if cred is not None and cred.exists():
+            secret_list.append(_read_secret(cred))
+        else:
+            path = cfg.secret_path
+            if not path.exists():
+                if not generate:
+                    raise ValueError(f"{path} does not exist yet: start `rpad serve` once, or set auth.secret_file")
+                path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(pysecrets.token_urlsafe(SECRET_BYTES) + "\n")
+            secret_list.append(_read_secret(path))
+    for extra in cfg.auth.extra_secret_files:
+        secret_list.append(_read_secret(Path(extra)))
+    public: list[tuple[str, Any]] = []
+    for key_file in [cfg.auth.public_key_file, *cfg.auth.extra_public_key_files]:
+        if not key_file:
+            continue
+        try:
+            key = serialization.load_pem_public_key(Path(key_file).read_bytes())
+            public.append((_alg_of_public_key(key), key))
+        except ValueError as exc:
+            raise ValueError(f"{key_file}: not a usable PEM public key: {exc}") from None
+    return Keys(secret_list, public)
+
+
+class Authenticator:
+    def __init__(
+        self,
+        keys: Keys,
+        *,
+        issuer: str = "",
+        audience: str = "",
+        leeway_seconds: float = 30.0,
+        token_generation: Callable[[str], int] = lambda _sub: 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_seconds = leeway_seconds
+        self.token_generation = token_generation
+        self.clock = clock
+        # Verified tokens: signature checks are the expensive part of a request.
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+
+    def reconfigure(self, keys: Keys, *, issuer: str, audience: str, leeway_seconds: float) -> None:
+        self.keys = keys
+        self.issuer = issuer
+        self.audience = audience
+        self.leeway_seconds = leeway_seconds
+        self._cache.clear()
+
+    # -- minting -------------------------------------------------------------------------------
+
+    def mint(self, *, role: str, sub: str, ttl_seconds: float | None, topics: Sequence[str] = (),
+             publish: Sequence[str] = (), gen: int | None = None) -> str:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        now = int(self.clock())
+        claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now}
+        if ttl_seconds is not None:
+            claims["exp"] = now + int(ttl_seconds)
+        if topics:
+            claims["topics"] = list(topics)
+        if publish:
+            claims["publish"] = list(publish)
+        if role == "agent":
+            claims["gen"] = self.token_generation(sub) if gen is None else gen
+        if self.issuer:
+            claims["iss"] = self.issuer
+        if self.audience:
+            claims["aud"] = self.audience
+        return jwt.encode(claims, self.keys.secrets[0], algorithm="HS256")
+
+    # -- verifying -----------------------------------------------------------------------------
+
+    def verify(self, token: str) -> Principal:
+        """Return the token's principal or raise AuthError(401)."""
+        now = self.clock()
+        cached = self._cache.get(token)
+        if cached is not None:
+            if cached.exp is not None and now > cached.exp + self.leeway_seconds:
+                del self._cache[token]
+                raise AuthError(401, "the token has expired", "token_expired")
+            self._check_generation(cached)
+            return cached
+        principal = self._verify_uncached(token)
+        self._check_generation(principal)
+        self._cache[token] = principal
+        if len(self._cache) > TOKEN_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return principal
+
+    def forget(self, token: str) -> None:
+        self._cache.pop(token, None)
+
+    def _check_generation(self, p: Principal) -> None:
+        if p.role == "agent" and p.gen != self.token_generation(p.sub):
+            raise AuthError(401, "the token has been revoked", "token_revoked")
+
+    def _verify_uncached(self, token: str) -> Principal:
+        if not token or len(token) > MAX_TOKEN_CHARS:
+            raise AuthError(401, "the token is empty or too long")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise AuthError(401, "the token is malformed (not a JWT)") from None
+        alg = header.get("alg")
+        if alg == "HS256":
+            candidates: list[Any] = list(self.keys.secrets)
+            own = True
+        elif alg in ("RS256", "ES256", "EdDSA"):
+            candidates = [k for a, k in self.keys.public_keys if a == alg]
+            own = False
+        else:
+            raise AuthError(401, f"the token's algorithm {str(alg)[:20]!r} is not accepted")
+        if not candidates:
+            raise AuthError(401, f"no key is configured for {alg} tokens")
+        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.audience)}
+        claims: dict[str, Any] | None = None
+        last: Exception | None = None
+        for key in candidates:
+            try:
+                claims = jwt.decode(
+                    token, key, algorithms=[alg], options=options, leeway=self.leeway_seconds,
+                    issuer=self.issuer or None, audience=self.audience or None,
+                )
+                break
+            except jwt.ExpiredSignatureError:
+                raise AuthError(401, "the token has expired", "token_expired") from None
+            except jwt.InvalidSignatureError as exc:
+                last = exc
+            except jwt.InvalidAudienceError:
+                raise AuthError(401, "the token is for another audience") from None
+            except jwt.InvalidIssuerError:
+                raise AuthError(401, "the token is from another issuer") from None
+            except jwt.MissingRequiredClaimError as exc:
+                raise AuthError(401, f"the token lacks the {exc.claim!r} claim") from None
+            except jwt.ImmatureSignatureError:
+                raise AuthError(401, "the token is not valid yet (nbf/iat in the future)") from None
+            except jwt.PyJWTError as exc:
+                last = exc
+        if claims is None:
+            if isinstance(last, jwt.InvalidSignatureError):
+                raise AuthError(401, "the token's signature does not verify")
+            raise AuthError(401, "the token is invalid")
+        return self._principal(claims, own)
+
+    def _principal(self, claims: dict[str, Any], own: bool) -> Principal:
+        sub, role = claims.get("sub"), claims.get("role")
+        if not isinstance(sub, str) or not 0 < len(sub) <= 128:
+            raise AuthError(401, "the token's sub claim must be a string of 1 to 128 characters")
+        if role not in ROLES:
+            raise AuthError(401, f"the token's role claim must be one of {', '.join(ROLES)}")
+        exp = claims.get("exp")
+        if exp is None and role != "agent" and not own:
+            raise AuthError(401, f"a {role} token from an external issuer must carry an exp claim")
+        topics = _glob_list(claims.get("topics"), "topics")
+        publish = _glob_list(claims.get("publish"), "publish")
+        gen = claims.get("gen", 0)
+        if isinstance(gen, bool) or not isinstance(gen, int):
+            raise AuthError(401, "the token's gen claim must be an integer")
+        return Principal(sub, role, topics, publish, float(exp) if exp is not None else None, gen)
+
+
+def _glob_list(value: Any, name: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and len(v) <= 256 for v in value):
+        raise AuthError(401, f"the token's {name} claim must be a list of strings")
+    return tuple(value)
+
+
+def bearer_token(header_value: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <jwt>`` header, or None."""
+    if not header_value:
+        return None
+    scheme, _, token = header_value.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,168 @@
+"""The ``rpad`` command: serve, token, check-config, agent, watch."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from . import __version__, logs
+from . import config as config_mod
+from .config import Config, ConfigError
+
+log = logging.getLogger("rpad")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+PRINTED_ADMIN_TOKEN_TTL = "30d"
+
+
+def _load_config(path: str | None) -> Config:
+    try:
+        return config_mod.load(path)
+    except ConfigError as exc:
+        where = path or "built-in defaults"
+        print(f"rpad: invalid configuration ({where}):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import trio
+
+    from .auth import Authenticator, load_keys
+    from .daemon import Daemon
+
+    cfg = _load_config(args.config)
+    logs.setup(cfg.logging.level, cfg.logging.format)
+    daemon = Daemon(cfg, config_path=args.config, handle_signals=True)
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listening = await nursery.start(daemon.run)
+            http = listening.http_url
+            print(f"rpad {__version__} listening: HTTP API {http}", flush=True)
+            if listening.ws_url:
+                print(f"  WebSocket hub {listening.ws_url}", flush=True)
+            print(f"  dashboard {http}/", flush=True)
+            if args.config is None and sys.stdout.isatty():
+                # Built-in defaults at an interactive terminal: hand the operator a way in.
+                # Never into a log: under systemd tokens come from `rpad token`.
+                assert daemon.auth is not None
+                token = daemon.auth.mint(role="admin", sub="admin", ttl_seconds=30 * 86400)
+                print(f"  admin token (30 days): {token}", flush=True)
+                print(f"  open: {http}/?token={token}", flush=True)
+            else:
+                print("  get a token with: rpad token --role admin --sub you", flush=True)
+
+    try:
+        trio.run(main)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception:
+        log.critical("rpad failed", exc_info=True)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    import time
+
+    from .auth import Authenticator, load_keys, parse_ttl
+
+    cfg = _load_config(args.config)
+    try:
+        ttl = parse_ttl(args.ttl)
+        keys = load_keys(cfg)
+    except ValueError as exc:
+        print(f"rpad token: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    gen = args.gen
+    if args.role == "agent" and gen is None:
+        gen = _stored_generation(cfg, args.sub)
+    auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
+                         clock=time.time)
+    print(auth.mint(role=args.role, sub=args.sub, ttl_seconds=ttl, topics=args.topics or (),
+                    publish=args.publish or (), gen=gen))
+    return EXIT_OK
+
+
+def _stored_generation(cfg: Config, client_id: str) -> int:
+    """The client's current token generation, read from the database if there is one."""
+    import sqlite3
+
+    path = cfg.database_path
+    if not path.exists():
+        return 0
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT gen FROM token_generations WHERE client_id = ?",
+                             (client_id,)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0]) if row else 0
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .auth import load_keys
+
+    cfg = _load_config(args.config)
+    try:
+        load_keys(cfg, generate=False)
+    except ValueError as exc:
+        if "does not exist yet" not in str(exc):
+            print(f"rpad: invalid configuration: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+    print(f"{args.config or 'built-in defaults'}: ok")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rpad", description="realtime presence daemon")
+    parser.add_argument("--version", action="version", version=f"rpad {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("serve", help="run the daemon")
+    p.add_argument("--config", metavar="PATH", help="TOML config file (default: built-in defaults)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("token", help="print a signed token")
+    p.add_argument("--role", required=True, choices=("agent", "viewer", "service", "admin"))
+    p.add_argument("--sub", required=True, metavar="ID", help="user id, or the client id for agents")
+    p.add_argument("--ttl", default="30d", help="lifetime: 90s, 15m, 1h, 30d or never (default 30d)")
+    p.add_argument("--topics", nargs="*", metavar="GLOB", help="extra topics it may subscribe to")
+    p.add_argument("--publish", nargs="*", metavar="GLOB", help="topics it may publish to")
+    p.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--config", metavar="PATH")
+    p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("check-config", help="validate a config file")
+    p.add_argument("--config", metavar="PATH")
+    p.set_defaults(func=cmd_check_config)
+
+    try:
+        from . import agent, watch
+    except ImportError:  # pragma: no cover - built in a later step
+        pass
+    else:
+        agent.add_parser(sub)
+        watch.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,388 @@
+"""Configuration: one TOML file, loaded with tomllib and structured with cattrs.
+
+Every key has a built-in default, so an empty file (or no file) is a valid configuration.
+Unknown keys, wrong types and impossible values are refused with the key's dotted path and the
+reason, raised as :class:`ConfigError`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn
+
+DEFAULT_STATE_DIR = "./rpad-data"
+CLIENT_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used. ``str()`` names the key and the reason."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+@attrs.frozen
+class HttpConfig:
+    listen: str = "127.0.0.1:8000"
+    max_body_bytes: int = 64 * 1024
+    # Seconds hypercorn waits for in-flight requests at shutdown.
+    graceful_timeout_seconds: float = 10.0
+
+
+@attrs.frozen
+class WebSocketConfig:
+    listen: str = "127.0.0.1:8001"
+    # The URL dashboards should use to reach the hub, when it is not the same origin's /ws
+    # (for example behind a reverse proxy). Empty: the dashboard derives it.
+    public_url: str = ""
+    allowed_origins: list[str] = attrs.Factory(list)
+    max_connections_per_user: int = 5
+    ping_interval_seconds: float = 30.0
+    pong_timeout_seconds: float = 60.0
+    max_message_bytes: int = 64 * 1024
+    auth_timeout_seconds: float = 10.0
+    queue_size: int = 256
+    history_size: int = 1000
+
+
+@attrs.frozen
+class PresenceConfig:
+    registration: Literal["auto", "manual"] = "auto"
+    heartbeat_timeout_seconds: float = 60.0
+    check_interval_seconds: float = 30.0
+    min_interval_seconds: float = 1.0
+    # None: the heartbeat timeout.
+    startup_grace_seconds: float | None = None
+    # How many status-history entries are kept per client.
+    history_per_client: int = 100
+
+    @property
+    def grace_seconds(self) -> float:
+        if self.startup_grace_seconds is None:
+            return self.heartbeat_timeout_seconds
+        return self.startup_grace_seconds
+
+
+@attrs.frozen
+class PushConfig:
+    interval_seconds: float = 2.0
+    stats_interval_seconds: float = 60.0
+    mode: Literal["full", "delta"] = "full"
+
+
+@attrs.frozen
+class AuthConfig:
+    # HS256 secret files. The first one signs tokens minted by `rpad token`; all verify.
+    # Empty: `<state_dir>/jwt.secret`, generated on first start.
+    secret_file: str = ""
+    extra_secret_files: list[str] = attrs.Factory(list)
+    # Verification-only public keys (PEM: RSA, EC P-256 or Ed25519) of another token issuer.
+    public_key_file: str = ""
+    extra_public_key_files: list[str] = attrs.Factory(list)
+    issuer: str = ""
+    audience: str = ""
+    leeway_seconds: float = 30.0
+    # Failed authentications from one address before it gets 429 for a while.
+    max_failures_per_minute: int = 30
+
+
+@attrs.frozen
+class StorageConfig:
+    # Empty: `<state_dir>/rpad.db`.
+    path: str = ""
+    commit_interval_ms: float = 10.0
+    # A batch this large is committed without waiting for the interval.
+    max_batch: int = 2000
+
+
+@attrs.frozen
+class WebhookConfig:
+    url: str
+    events: list[str] = attrs.Factory(lambda: ["client.offline", "client.online"])
+    secret_file: str = ""
+    timeout_seconds: float = 5.0
+    max_attempts: int = 5
+    queue_size: int = 1000
+
+
+@attrs.frozen
+class EmailConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 25
+    starttls: bool = False
+    username: str = ""
+    password_file: str = ""
+    sender: str = "rpad@localhost"
+    recipients: list[str] = attrs.Factory(list)
+    events: list[str] = attrs.Factory(lambda: ["client.offline", "client.online"])
+    timeout_seconds: float = 10.0
+
+
+@attrs.frozen
+class AlertsConfig:
+    webhooks: list[WebhookConfig] = attrs.Factory(list)
+    email: EmailConfig = attrs.Factory(EmailConfig)
+
+
+@attrs.frozen
+class MetricsConfig:
+    public: bool = False
+
+
+@attrs.frozen
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+
+
+@attrs.frozen
+class Config:
+    state_dir: str = DEFAULT_STATE_DIR
+    http: HttpConfig = attrs.Factory(HttpConfig)
+    websocket: WebSocketConfig = attrs.Factory(WebSocketConfig)
+    presence: PresenceConfig = attrs.Factory(PresenceConfig)
+    push: PushConfig = attrs.Factory(PushConfig)
+    auth: AuthConfig = attrs.Factory(AuthConfig)
+    storage: StorageConfig = attrs.Factory(StorageConfig)
+    alerts: AlertsConfig = attrs.Factory(AlertsConfig)
+    metrics: MetricsConfig = attrs.Factory(MetricsConfig)
+    logging: LoggingConfig = attrs.Factory(LoggingConfig)
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.state_dir)
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.storage.path) if self.storage.path else self.state_path / "rpad.db"
+
+    @property
+    def secret_path(self) -> Path:
+        return Path(self.auth.secret_file) if self.auth.secret_file else self.state_path / "jwt.secret"
+
+
+def _make_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=True)
+
+    # Strict scalars: TOML already types its values, so "30" for a number is a mistake, and
+    # so is true for a number (bool is an int subclass in Python).
+    def _int(value: Any, _: type) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"expected an integer, got {type(value).__name__} {value!r}")
+        return value
+
+    def _float(value: Any, _: type) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+
+    def _str(value: Any, _: type) -> str:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string, got {type(value).__name__} {value!r}")
+        return value
+
+    def _bool(value: Any, _: type) -> bool:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
+        return value
+
+    conv.register_structure_hook(int, _int)
+    conv.register_structure_hook(float, _float)
+    conv.register_structure_hook(str, _str)
+    conv.register_structure_hook(bool, _bool)
+    for cls in (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, AuthConfig,
+                StorageConfig, WebhookConfig, EmailConfig, AlertsConfig, MetricsConfig,
+                LoggingConfig):
+        conv.register_structure_hook(
+            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+        )
+    return conv
+
+
+_converter = _make_converter()
+
+
+def _path_of(path: str) -> str:
+    # cattrs paths look like "$.presence.heartbeat_timeout_seconds" or "$.alerts.webhooks[0].url"
+    return path.removeprefix("$").removeprefix(".") or "(top level)"
+
+
+def _describe(exc: BaseException, path: str) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        prefix = _path_of(path)
+        names = [k if prefix == "(top level)" else f"{prefix}.{k}" for k in sorted(exc.extra_fields)]
+        return f"{', '.join(names)}: unknown key"
+    if isinstance(exc, KeyError):
+        return f"{_path_of(path)}: required key missing"
+    literal = re.match(r"(.*) not in literal typing.Literal\[(.*)\]", str(exc))
+    if literal:
+        choices = literal.group(2).replace("'", "")
+        return f"{_path_of(path)}: {literal.group(1)!r} is not one of {choices}"
+    return f"{_path_of(path)}: {exc}"
+
+
+def _collect(exc: BaseException, path: str, out: list[str]) -> None:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        out.append(_describe(exc, path))
+    elif isinstance(exc, cattrs.ClassValidationError | cattrs.IterableValidationError):
+        if isinstance(exc, cattrs.ClassValidationError):
+            pairs = exc.group_exceptions()
+            for sub, note in pairs[0]:
+                _collect(sub, f"{path}.{note.name}", out)
+            for sub in pairs[1]:
+                _collect(sub, path, out)
+        else:
+            ipairs = exc.group_exceptions()
+            for sub, inote in ipairs[0]:
+                _collect(sub, f"{path}[{inote.index}]", out)
+            for sub in ipairs[1]:
+                _collect(sub, path, out)
+    elif isinstance(exc, ExceptionGroup):
+        for sub in exc.exceptions:
+            _collect(sub, path, out)
+    else:
+        out.append(_describe(exc, path))
+
+
+def _check_listen(key: str, value: str, problems: list[str]) -> None:
+    try:
+        parse_listen(value)
+    except ValueError as exc:
+        problems.append(f"{key}: {exc}")
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8000"`` or ``"[::1]:8000"`` → (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise ValueError(f"{host!r} is not an IP address or host name") from None
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)
+
+
+def _readable(key: str, path: str, problems: list[str]) -> None:
+    if not path:
+        return
+    try:
+        with open(path, "rb") as f:
+            if not f.read(1):
+                problems.append(f"{key}: {path} is empty")
+    except OSError as exc:
+        problems.append(f"{key}: cannot read {path}: {exc.strerror or exc}")
+
+
+def validate(cfg: Config) -> None:
+    """Refuse impossible values. Raises ConfigError naming every problem found."""
+    p: list[str] = []
+
+    def positive(key: str, value: float) -> None:
+        if not value > 0:
+            p.append(f"{key}: must be greater than 0, got {value}")
+
+    _check_listen("http.listen", cfg.http.listen, p)
+    _check_listen("websocket.listen", cfg.websocket.listen, p)
+    positive("http.max_body_bytes", cfg.http.max_body_bytes)
+    if cfg.http.graceful_timeout_seconds < 0:
+        p.append("http.graceful_timeout_seconds: must not be negative")
+    ws = cfg.websocket
+    for key in ("max_connections_per_user", "ping_interval_seconds", "pong_timeout_seconds",
+                "max_message_bytes", "auth_timeout_seconds", "queue_size", "history_size"):
+        positive(f"websocket.{key}", getattr(ws, key))
+    if ws.public_url and not re.match(r"wss?://", ws.public_url):
+        p.append(f"websocket.public_url: must start with ws:// or wss://, got {ws.public_url!r}")
+    pr = cfg.presence
+    positive("presence.heartbeat_timeout_seconds", pr.heartbeat_timeout_seconds)
+    positive("presence.check_interval_seconds", pr.check_interval_seconds)
+    if pr.min_interval_seconds < 0:
+        p.append(f"presence.min_interval_seconds: must not be negative, got {pr.min_interval_seconds}")
+    if pr.check_interval_seconds > pr.heartbeat_timeout_seconds > 0:
+        p.append(
+            "presence.check_interval_seconds: must not be longer than "
+            f"presence.heartbeat_timeout_seconds ({pr.check_interval_seconds} > "
+            f"{pr.heartbeat_timeout_seconds})"
+        )
+    if pr.startup_grace_seconds is not None and pr.startup_grace_seconds < 0:
+        p.append("presence.startup_grace_seconds: must not be negative")
+    positive("presence.history_per_client", pr.history_per_client)
+    positive("push.interval_seconds", cfg.push.interval_seconds)
+    positive("push.stats_interval_seconds", cfg.push.stats_interval_seconds)
+    if cfg.auth.leeway_seconds < 0:
+        p.append("auth.leeway_seconds: must not be negative")
+    positive("auth.max_failures_per_minute", cfg.auth.max_failures_per_minute)
+    _readable("auth.secret_file", cfg.auth.secret_file, p)
+    for i, f in enumerate(cfg.auth.extra_secret_files):
+        _readable(f"auth.extra_secret_files[{i}]", f, p)
+    _readable("auth.public_key_file", cfg.auth.public_key_file, p)
+    for i, f in enumerate(cfg.auth.extra_public_key_files):
+        _readable(f"auth.extra_public_key_files[{i}]", f, p)
+    positive("storage.commit_interval_ms", cfg.storage.commit_interval_ms + 1)  # 0 allowed
+    if cfg.storage.commit_interval_ms < 0:
+        p.append("storage.commit_interval_ms: must not be negative")
+    positive("storage.max_batch", cfg.storage.max_batch)
+    for i, hook in enumerate(cfg.alerts.webhooks):
+        key = f"alerts.webhooks[{i}]"
+        if not re.match(r"https?://", hook.url):
+            p.append(f"{key}.url: must start with http:// or https://, got {hook.url!r}")
+        for ev in hook.events:
+            if ev not in ("client.offline", "client.online"):
+                p.append(f"{key}.events: unknown event {ev!r} (client.offline, client.online)")
+        positive(f"{key}.timeout_seconds", hook.timeout_seconds)
+        positive(f"{key}.max_attempts", hook.max_attempts)
+        positive(f"{key}.queue_size", hook.queue_size)
+        _readable(f"{key}.secret_file", hook.secret_file, p)
+    em = cfg.alerts.email
+    if em.enabled and not em.recipients:
+        p.append("alerts.email.recipients: must name at least one address when email is enabled")
+    if not 0 < em.port <= 65535:
+        p.append(f"alerts.email.port: must be from 1 to 65535, got {em.port}")
+    _readable("alerts.email.password_file", em.password_file, p)
+    if p:
+        raise ConfigError(p)
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    try:
+        cfg = _converter.structure(data, Config)
+    except Exception as exc:  # cattrs raises validation groups and plain errors alike
+        problems: list[str] = []
+        _collect(exc, "$", problems)
+        raise ConfigError(problems) from None
+    validate(cfg)
+    return cfg
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load and validate a config file; ``None`` gives the built-in defaults.
+
+    Under systemd (``$STATE_DIRECTORY`` set) the default state directory is that one.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{path}: not valid TOML: {exc}"]) from None
+    if "state_dir" not in data and os.environ.get("STATE_DIRECTORY"):
+        data["state_dir"] = os.environ["STATE_DIRECTORY"].split(":")[0]
+    return from_dict(data)

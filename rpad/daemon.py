@@ -1,0 +1,231 @@
+"""The daemon: the one nursery that owns every task, signals, reload and the shutdown order.
+
+Start-up: open the store and load the registry → bind HTTP (and the WebSocket hub) → start
+the sweeper and the committer → READY=1.
+
+Shutdown (SIGTERM/SIGINT or :meth:`Daemon.stop`): Hypercorn stops accepting and finishes
+in-flight requests (``http.graceful_timeout_seconds``) → the periodic tasks and the hub are
+cancelled (connections get 1001) → the committer is cancelled → the final commit → exit 0.
+
+Error handling: an unexpected exception in any task cancels the whole nursery and propagates
+out of :meth:`Daemon.run` (the CLI logs it with its traceback and exits 1, and the service
+manager restarts rpad). Nothing is left half-running.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import trio
+from hypercorn.config import Config as HyperConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from . import config as config_mod
+from . import logs
+from .auth import Authenticator, load_keys
+from .config import Config, ConfigError
+from .http import AppState, AuthFailureLimiter, create_app
+from .presence import Presence
+from .registry import Registry
+from .store import Store
+from .systemd import Notifier, run_watchdog, watchdog_interval_seconds
+from .tasks import run_sweeper
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_SECONDS = 10.0
+
+
+@attrs.define
+class Listening:
+    """What :meth:`Daemon.run` passes to ``task_status.started``: the bound addresses."""
+
+    http_url: str
+    ws_url: str | None
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
+        handle_signals: bool = False,
+        notifier: Notifier | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.wall_clock = wall_clock
+        self.handle_signals = handle_signals
+        self.notifier = notifier or Notifier()
+        self.epoch = secrets.token_hex(8)
+        self._stop = trio.Event()
+        self.http_url = ""
+        self.ws_url: str | None = None
+        self.store: Store | None = None
+        self.presence: Presence | None = None
+        self.auth: Authenticator | None = None
+        self.reloads = 0
+        self.app_state: AppState
+
+    def stop(self) -> None:
+        """Begin the graceful shutdown."""
+        self._stop.set()
+
+    # -- building the parts --------------------------------------------------------------------
+
+    def _hypercorn_config(self) -> HyperConfig:
+        hc = HyperConfig()
+        hc.bind = [self.config.http.listen]
+        hc.graceful_timeout = self.config.http.graceful_timeout_seconds
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("hypercorn.error")
+        hc.include_server_header = False
+        hc.keep_alive_timeout = 75
+        return hc
+
+    async def run(self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        keys = load_keys(cfg)
+        store = Store(cfg.database_path, commit_interval_ms=cfg.storage.commit_interval_ms,
+                      max_batch=cfg.storage.max_batch,
+                      history_per_client=cfg.presence.history_per_client)
+        loaded = await trio.to_thread.run_sync(store.open)
+        self.store = store
+        try:
+            await self._run(store, loaded, keys, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(store.close)
+            self.notifier.close()
+            log.info("rpad stopped")
+
+    async def _run(self, store: Store, loaded: Any, keys: Any,
+                   task_status: trio.TaskStatus[Listening]) -> None:
+        cfg = self.config
+        now = self.wall_clock()
+        registry = Registry(
+            default_timeout_seconds=cfg.presence.heartbeat_timeout_seconds,
+            min_interval_seconds=cfg.presence.min_interval_seconds,
+            auto_register=cfg.presence.registration == "auto",
+            grace_until=now + cfg.presence.grace_seconds if loaded.clients else 0.0,
+        )
+        registry.load(loaded.clients)
+        presence = Presence(registry, store, wall_clock=self.wall_clock,
+                            token_generations=loaded.gens)
+        self.presence = presence
+        auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
+                             leeway_seconds=cfg.auth.leeway_seconds,
+                             token_generation=presence.token_generation,
+                             clock=self.wall_clock)
+        self.auth = auth
+        app_state = AppState(
+            config=cfg, presence=presence, auth=auth,
+            limiter=AuthFailureLimiter(cfg.auth.max_failures_per_minute),
+            started_at=time.monotonic(), epoch=self.epoch,
+        )
+        self.app_state = app_state
+        app = create_app(app_state)
+        log.info("loaded %d clients (%d online) from %s", len(registry), registry.online_count,
+                 store.path)
+        if registry.grace_until:
+            log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(store.run_committer)
+            async with trio.open_nursery() as services:
+                http_done = trio.Event()
+
+                async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+                    try:
+                        await hypercorn_serve(app, self._hypercorn_config(),  # type: ignore[arg-type]
+                                              shutdown_trigger=self._stop.wait,
+                                              task_status=task_status)
+                    finally:
+                        http_done.set()
+
+                binds = await services.start(serve_http)
+                self.http_url = binds[0]
+                # The WebSocket hub and the push task start here (next: rpad.hub).
+                services.start_soon(run_sweeper, presence,
+                                    lambda: self.config.presence.check_interval_seconds)
+                if self.handle_signals:
+                    services.start_soon(self._handle_signals)
+                wd = watchdog_interval_seconds()
+                if wd is not None and self.notifier.enabled:
+                    services.start_soon(run_watchdog, self.notifier, wd)
+                if self.notifier.enabled:
+                    services.start_soon(self._report_status)
+                log.info("HTTP API listening on %s", self.http_url)
+                self.notifier.ready(self._status_line())
+                task_status.started(Listening(self.http_url, self.ws_url))
+
+                await self._stop.wait()
+                log.info("shutting down: finishing in-flight requests")
+                self.notifier.stopping()
+                await http_done.wait()
+                services.cancel_scope.cancel()
+            nursery.cancel_scope.cancel()
+
+    # -- signals and reload --------------------------------------------------------------------
+
+    async def _handle_signals(self) -> None:
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    await self.reload()
+                else:
+                    log.info("received %s", signal.Signals(signum).name)
+                    self.stop()
+
+    async def reload(self) -> bool:
+        """Re-read the config file and apply what can change while running. Returns False (and
+        keeps the old config) if the new one is invalid."""
+        self.notifier.reloading()
+        try:
+            new = await trio.to_thread.run_sync(config_mod.load, self.config_path)
+            keys = await trio.to_thread.run_sync(load_keys, new)
+        except (ConfigError, ValueError, OSError) as exc:
+            log.error("reload refused, keeping the running config: %s", exc)
+            self.notifier.ready(self._status_line())
+            return False
+        old = self.config
+        for key, a, b in (("http.listen", old.http.listen, new.http.listen),
+                          ("websocket.listen", old.websocket.listen, new.websocket.listen),
+                          ("state_dir", old.state_dir, new.state_dir),
+                          ("storage.path", old.storage.path, new.storage.path)):
+            if a != b:
+                log.warning("reload: %s changed (%s -> %s); this needs a restart", key, a, b)
+        self.config = new
+        self.app_state.config = new
+        self.app_state.limiter.max_per_window = new.auth.max_failures_per_minute
+        assert self.presence is not None and self.auth is not None
+        reg = self.presence.registry
+        reg.default_timeout_seconds = new.presence.heartbeat_timeout_seconds
+        reg.min_interval_seconds = new.presence.min_interval_seconds
+        reg.auto_register = new.presence.registration == "auto"
+        self.auth.reconfigure(keys, issuer=new.auth.issuer, audience=new.auth.audience,
+                              leeway_seconds=new.auth.leeway_seconds)
+        logs.set_level(new.logging.level)
+        self.reloads += 1
+        log.info("configuration reloaded from %s", self.config_path or "built-in defaults")
+        self.notifier.ready(self._status_line())
+        return True
+
+    def _status_line(self) -> str:
+        if self.presence is None:
+            return "starting"
+        reg = self.presence.registry
+        return f"{reg.online_count} of {len(reg)} clients online"
+
+    async def _report_status(self) -> None:
+        while True:
+            await trio.sleep(STATUS_INTERVAL_SECONDS)
+            self.notifier.status(self._status_line())

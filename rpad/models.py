@@ -1,0 +1,318 @@
+"""Values that cross rpad's edges: the heartbeat as parsed from a request, the client view as
+sent out, time formatting, and request validation with errors that name each field.
+
+Request bodies accept camelCase and the seed agents' snake_case spellings. Responses are
+camelCase only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+
+CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+TAG_RE = re.compile(r"[^\x00-\x1f]{1,64}")
+MAX_STRING_CHARS = 256
+MAX_METADATA_BYTES = 4096
+MAX_TAGS = 32
+# Agents' self-reported status: a short word such as online, busy, idle, error, offline.
+REPORTED_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+METRIC_FIELDS = (
+    "cpuUsagePercent", "memoryUsageBytes", "memoryTotalBytes", "diskUsageBytes",
+    "diskTotalBytes", "networkRxInstantBps", "networkTxInstantBps", "uptimeSeconds",
+    "load1", "load5", "load15",
+)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds."""
+    if ts is None:
+        return None
+    return (
+        datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def parse_iso(text: str) -> float:
+    """ISO 8601 → epoch seconds. A time without zone is taken as UTC. Raises ValueError."""
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("not an ISO 8601 time")
+    t = text.strip()
+    if t.endswith(("Z", "z")):
+        t = t[:-1] + "+00:00"
+    dt = datetime.fromisoformat(t)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+class ValidationFailed(Exception):
+    """A request body with bad fields. ``details`` is ``[{"field", "message"}]``."""
+
+    def __init__(self, details: list[dict[str, str]]) -> None:
+        self.details = details
+        fields = ", ".join(d["field"] for d in details)
+        super().__init__(f"invalid field{'s' if len(details) > 1 else ''}: {fields}")
+
+
+@attrs.frozen(slots=True)
+class Heartbeat:
+    client_id: str
+    timestamp: float | None = None
+    status: str = "online"
+    version: str | None = None
+    ip_address: str | None = None
+    os_type: str | None = None
+    name: str | None = None
+    interval_seconds: float | None = None
+    metrics: dict[str, float] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class _Fields:
+    """Reads a JSON object's fields by camelCase name (or snake_case alias), collecting errors
+    with their camelCase path."""
+
+    __slots__ = ("data", "prefix", "errors", "seen")
+
+    def __init__(self, data: dict[str, Any], prefix: str, errors: list[dict[str, str]]) -> None:
+        self.data = data
+        self.prefix = prefix
+        self.errors = errors
+        self.seen: set[str] = set()
+
+    def fail(self, name: str, message: str) -> None:
+        self.errors.append({"field": f"{self.prefix}{name}", "message": message})
+
+    def get(self, name: str, alias: str | None = None) -> Any:
+        self.seen.add(name)
+        if alias is not None:
+            self.seen.add(alias)
+            if name in self.data and alias in self.data and self.data[name] != self.data[alias]:
+                self.fail(name, f"given twice, as {name} and {alias}, with different values")
+            if name not in self.data:
+                return self.data.get(alias)
+        return self.data.get(name)
+
+    def string(self, name: str, alias: str | None = None, *, max_chars: int = MAX_STRING_CHARS,
+               pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
+        value = self.get(name, alias)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.fail(name, f"must be a string, got {_kind(value)}")
+            return None
+        if len(value) > max_chars:
+            self.fail(name, f"must be at most {max_chars} characters, got {len(value)}")
+            return None
+        if "\x00" in value:
+            self.fail(name, "must not contain NUL characters")
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(name, what or f"must match {pattern.pattern}")
+            return None
+        return value
+
+    def number(self, name: str, alias: str | None = None, *, minimum: float | None = None,
+               maximum: float | None = None) -> float | None:
+        value = self.get(name, alias)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(name, f"must be a number, got {_kind(value)}")
+            return None
+        if minimum is not None and value < minimum:
+            self.fail(name, f"must be at least {minimum:g}, got {value:g}")
+            return None
+        if maximum is not None and value > maximum:
+            self.fail(name, f"must be at most {maximum:g}, got {value:g}")
+            return None
+        return float(value)
+
+    def obj(self, name: str, *, max_bytes: int = MAX_METADATA_BYTES) -> dict[str, Any] | None:
+        value = self.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            self.fail(name, f"must be a JSON object, got {_kind(value)}")
+            return None
+        import json
+
+        try:
+            size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+        except (ValueError, TypeError, RecursionError):
+            self.fail(name, "must be a plain JSON object")
+            return None
+        if size > max_bytes:
+            self.fail(name, f"must be at most {max_bytes} bytes as JSON, got {size}")
+            return None
+        return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number" if math.isfinite(value) else "a non-finite number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def parse_client_id(value: Any, fields: _Fields, name: str, alias: str | None) -> str | None:
+    if isinstance(value, bool):
+        fields.fail(name, "must be a string or an integer, got a boolean")
+        return None
+    if isinstance(value, int):
+        if value < 0:
+            fields.fail(name, "must not be negative")
+            return None
+        value = str(value)
+    if not isinstance(value, str):
+        fields.fail(name, f"must be a string or an integer, got {_kind(value)}")
+        return None
+    if not CLIENT_ID_RE.fullmatch(value):
+        fields.fail(name, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        return None
+    return value
+
+
+def client_id_from_path(value: str) -> str:
+    if not CLIENT_ID_RE.fullmatch(value):
+        raise ValidationFailed(
+            [{"field": "clientId", "message": "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"}]
+        )
+    return value
+
+
+def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
+    """Validate one heartbeat object. Raises ValidationFailed naming every bad field."""
+    errors: list[dict[str, str]] = []
+    if not isinstance(data, dict):
+        raise ValidationFailed(
+            [{"field": prefix.rstrip(".") or "(body)", "message": f"must be a JSON object, got {_kind(data)}"}]
+        )
+    f = _Fields(data, prefix, errors)
+    raw_id = f.get("clientId", "client_id")
+    client_id = None
+    if raw_id is None:
+        f.fail("clientId", "is required")
+    else:
+        client_id = parse_client_id(raw_id, f, "clientId", "client_id")
+    timestamp = None
+    raw_ts = f.get("timestamp")
+    if raw_ts is not None:
+        if isinstance(raw_ts, str):
+            try:
+                timestamp = parse_iso(raw_ts)
+            except (ValueError, OverflowError):
+                f.fail("timestamp", "must be an ISO 8601 time such as 2025-07-23T12:00:00Z")
+        elif isinstance(raw_ts, int | float) and not isinstance(raw_ts, bool) and math.isfinite(raw_ts):
+            # Epoch seconds (or milliseconds, as some agents send them).
+            timestamp = float(raw_ts) / 1000.0 if raw_ts > 1e11 else float(raw_ts)
+        else:
+            f.fail("timestamp", f"must be an ISO 8601 time, got {_kind(raw_ts)}")
+    status = f.string("status", pattern=REPORTED_STATUS_RE,
+                      what="must be a short word such as online, busy, idle, error or offline")
+    version = f.string("version", max_chars=64)
+    ip = f.string("ipAddress", "ip_address", max_chars=64)
+    os_type = f.string("osType", "os_type", max_chars=64)
+    name = f.string("name", max_chars=128)
+    interval = f.number("intervalSeconds", "interval_seconds", minimum=0.001, maximum=86400)
+    metrics: dict[str, float] | None = None
+    raw_metrics = f.get("metrics")
+    if raw_metrics is not None:
+        if not isinstance(raw_metrics, dict):
+            f.fail("metrics", f"must be a JSON object, got {_kind(raw_metrics)}")
+        else:
+            mf = _Fields(raw_metrics, f"{prefix}metrics.", errors)
+            metrics = {}
+            for key in METRIC_FIELDS:
+                v = mf.number(key, _snake(key), minimum=0, maximum=1e18)
+                if v is not None:
+                    metrics[key] = v
+            # Metrics this version does not know are ignored, so newer agents keep working.
+    metadata = f.obj("metadata")
+    if errors:
+        raise ValidationFailed(errors)
+    assert client_id is not None
+    return Heartbeat(
+        client_id=client_id,
+        timestamp=timestamp,
+        status=status or "online",
+        version=version,
+        ip_address=ip,
+        os_type=os_type,
+        name=name,
+        interval_seconds=interval,
+        metrics=metrics,
+        metadata=metadata,
+    )
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+@attrs.frozen(slots=True)
+class Registration:
+    client_id: str
+    name: str | None = None
+    tags: list[str] | None = None
+    heartbeat_timeout_seconds: float | None = None
+    metadata: dict[str, Any] | None = None
+
+
+def parse_registration(data: Any) -> Registration:
+    if not isinstance(data, dict):
+        raise ValidationFailed([{"field": "(body)", "message": f"must be a JSON object, got {_kind(data)}"}])
+    errors: list[dict[str, str]] = []
+    f = _Fields(data, "", errors)
+    raw_id = f.get("clientId", "client_id")
+    client_id = None
+    if raw_id is None:
+        f.fail("clientId", "is required")
+    else:
+        client_id = parse_client_id(raw_id, f, "clientId", "client_id")
+    name = f.string("name", max_chars=128)
+    tags = parse_tags(f.get("tags"), f)
+    timeout = f.number("heartbeatTimeoutSeconds", "heartbeat_timeout_seconds",
+                       minimum=1, maximum=30 * 86400)
+    metadata = f.obj("metadata")
+    for k in data:
+        if k not in f.seen:
+            f.fail(str(k)[:64], "is not a known field (clientId, name, tags, heartbeatTimeoutSeconds, metadata)")
+    if errors:
+        raise ValidationFailed(errors)
+    assert client_id is not None
+    return Registration(client_id, name, tags, timeout, metadata)
+
+
+def parse_tags(value: Any, f: _Fields) -> list[str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list):
+        f.fail("tags", f"must be an array of strings, got {_kind(value)}")
+        return None
+    if len(value) > MAX_TAGS:
+        f.fail("tags", f"must have at most {MAX_TAGS} tags, got {len(value)}")
+        return None
+    tags: list[str] = []
+    for i, t in enumerate(value):
+        if not isinstance(t, str) or not TAG_RE.fullmatch(t):
+            f.fail(f"tags[{i}]", "must be a string of 1 to 64 printable characters")
+        elif t not in tags:
+            tags.append(t)
+    return tags

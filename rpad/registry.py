@@ -1,0 +1,339 @@
+"""The presence state machine.
+
+Pure: no I/O, no clock of its own. Every method takes ``now`` (wall-clock epoch seconds) and
+returns the events it caused; the caller persists and publishes them. That makes every
+transition testable with exact times and no server.
+
+A client is ``online`` while its last heartbeat is younger than its timeout: the registered
+``heartbeatTimeoutSeconds``, else the configured default, and never less than twice the
+agent's declared ``intervalSeconds``. ``unknown`` means registered but never heard from.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import attrs
+
+from .models import Heartbeat, Registration, iso
+
+ONLINE = "online"
+OFFLINE = "offline"
+UNKNOWN = "unknown"
+
+# Event types (the WebSocket message types of the client_status and heartbeat topics).
+CLIENT_CONNECTED = "CLIENT_CONNECTED"
+CLIENT_DISCONNECTED = "CLIENT_DISCONNECTED"
+CLIENT_STATUS_UPDATE = "CLIENT_STATUS_UPDATE"
+CLIENT_REMOVED = "CLIENT_REMOVED"
+HEARTBEAT_RECEIVED = "HEARTBEAT_RECEIVED"
+
+# Reasons recorded in a client's status history.
+REASON_HEARTBEAT = "heartbeat"
+REASON_TIMEOUT = "timeout"
+REASON_SHUTDOWN = "agent_shutdown"
+REASON_REMOVED = "removed"
+REASON_REGISTERED = "registered"
+
+
+class UnknownClient(Exception):
+    """The client id is not registered (and registration is manual)."""
+
+
+class RateLimited(Exception):
+    """Heartbeats from one client faster than the minimum interval."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(f"retry after {retry_after_seconds:.3f} s")
+
+
+@attrs.define(slots=True, eq=False)
+class Client:
+    client_id: str
+    registered_at: float
+    name: str | None = None
+    tags: list[str] = attrs.Factory(list)
+    metadata: dict[str, Any] = attrs.Factory(dict)
+    # Registered override of the default timeout.
+    timeout_seconds: float | None = None
+    # True when an admin registered it (manual mode keeps it after removal of... nothing).
+    registered: bool = False
+    status: str = UNKNOWN
+    reported_status: str | None = None
+    version: str | None = None
+    ip_address: str | None = None
+    os_type: str | None = None
+    interval_seconds: float | None = None
+    last_heartbeat_at: float | None = None
+    online_since: float | None = None
+    offline_since: float | None = None
+    clock_skew_seconds: float | None = None
+    latest_metrics: dict[str, float] | None = None
+    # Bumped on every change, so a delta push can tell what changed since the last one.
+    revision: int = 0
+
+    def effective_timeout(self, default: float) -> float:
+        timeout = self.timeout_seconds if self.timeout_seconds is not None else default
+        if self.interval_seconds is not None:
+            timeout = max(timeout, 2 * self.interval_seconds)
+        return timeout
+
+    def view(self, default_timeout: float) -> dict[str, Any]:
+        """The client view of SPEC §4 (camelCase, ISO times)."""
+        return {
+            "clientId": self.client_id,
+            "name": self.name,
+            "status": self.status,
+            "reportedStatus": self.reported_status,
+            "version": self.version,
+            "ipAddress": self.ip_address,
+            "osType": self.os_type,
+            "tags": list(self.tags),
+            "metadata": self.metadata,
+            "lastHeartbeatAt": iso(self.last_heartbeat_at),
+            "onlineSince": iso(self.online_since),
+            "offlineSince": iso(self.offline_since),
+            "registeredAt": iso(self.registered_at),
+            "clockSkewSeconds": self.clock_skew_seconds,
+            "heartbeatTimeoutSeconds": self.effective_timeout(default_timeout),
+            "intervalSeconds": self.interval_seconds,
+            "latestMetrics": self.latest_metrics,
+        }
+
+
+@attrs.frozen(slots=True)
+class Event:
+    """Something that happened to a client. ``data`` is the message payload (a client view,
+    with ``reason`` for disconnects), built when the event happened."""
+
+    type: str
+    client_id: str
+    at: float
+    data: dict[str, Any]
+    reason: str | None = None
+
+    @property
+    def is_transition(self) -> bool:
+        """A change of online/offline state, recorded in the client's history."""
+        return self.type in (CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED)
+
+
+@attrs.frozen(slots=True)
+class HeartbeatOutcome:
+    client: Client
+    events: list[Event]
+    timeout_seconds: float
+    created: bool
+
+
+class Registry:
+    """All clients, in memory. The single source of truth while rpad runs."""
+
+    def __init__(
+        self,
+        *,
+        default_timeout_seconds: float,
+        min_interval_seconds: float,
+        auto_register: bool,
+        grace_until: float = 0.0,
+    ) -> None:
+        self.default_timeout_seconds = default_timeout_seconds
+        self.min_interval_seconds = min_interval_seconds
+        self.auto_register = auto_register
+        # Before this wall-clock time the sweeper marks nobody offline (rpad just restarted).
+        self.grace_until = grace_until
+        self._clients: dict[str, Client] = {}
+        self._online = 0
+        self._revision = 0
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+    def __iter__(self) -> Iterator[Client]:
+        return iter(self._clients.values())
+
+    def get(self, client_id: str) -> Client | None:
+        return self._clients.get(client_id)
+
+    @property
+    def online_count(self) -> int:
+        return self._online
+
+    @property
+    def revision(self) -> int:
+        return self._revision
+
+    def view(self, client: Client) -> dict[str, Any]:
+        return client.view(self.default_timeout_seconds)
+
+    def views(self) -> list[dict[str, Any]]:
+        t = self.default_timeout_seconds
+        return [c.view(t) for c in self._clients.values()]
+
+    def timeout_of(self, client: Client) -> float:
+        return client.effective_timeout(self.default_timeout_seconds)
+
+    # -- loading -------------------------------------------------------------------------------
+
+    def load(self, clients: Iterable[Client]) -> None:
+        """Install clients read from storage (at start). Their status is kept as stored."""
+        for c in clients:
+            self._clients[c.client_id] = c
+        self._online = sum(1 for c in self._clients.values() if c.status == ONLINE)
+
+    # -- transitions ---------------------------------------------------------------------------
+
+    def _bump(self, client: Client) -> None:
+        self._revision += 1
+        client.revision = self._revision
+
+    def _set_status(self, client: Client, status: str) -> None:
+        if client.status == ONLINE and status != ONLINE:
+            self._online -= 1
+        elif client.status != ONLINE and status == ONLINE:
+            self._online += 1
+        client.status = status
+
+    def check_rate(self, client_id: str, reported_status: str, now: float) -> None:
+        """Raise RateLimited if this heartbeat comes too soon after the previous one.
+
+        A clean shutdown (``status: "offline"``) is never rate limited.
+        """
+        client = self._clients.get(client_id)
+        if client is None or client.last_heartbeat_at is None or reported_status == OFFLINE:
+            return
+        wait = client.last_heartbeat_at + self.min_interval_seconds - now
+        if wait > 0:
+            raise RateLimited(wait)
+
+    def heartbeat(self, hb: Heartbeat, now: float, *, peer_address: str | None = None) -> HeartbeatOutcome:
+        """Record a heartbeat received at ``now`` (the server's clock, never the agent's)."""
+        self.check_rate(hb.client_id, hb.status, now)
+        client = self._clients.get(hb.client_id)
+        created = False
+        if client is None:
+            if not self.auto_register:
+                raise UnknownClient(hb.client_id)
+            client = Client(client_id=hb.client_id, registered_at=now)
+            self._clients[hb.client_id] = client
+            created = True
+        events: list[Event] = []
+        was_status = client.status
+        old_reported, old_version = client.reported_status, client.version
+
+        client.last_heartbeat_at = now
+        client.reported_status = hb.status
+        if hb.version is not None:
+            client.version = hb.version
+        client.ip_address = hb.ip_address if hb.ip_address is not None else (peer_address or client.ip_address)
+        if hb.os_type is not None:
+            client.os_type = hb.os_type
+        if hb.name is not None and not client.registered:
+            client.name = hb.name
+        elif hb.name is not None and client.name is None:
+            client.name = hb.name
+        if hb.interval_seconds is not None:
+            client.interval_seconds = hb.interval_seconds
+        if hb.metrics is not None:
+            client.latest_metrics = hb.metrics
+        if hb.metadata is not None:
+            client.metadata = hb.metadata
+        client.clock_skew_seconds = (
+            round(hb.timestamp - now, 3) if hb.timestamp is not None else None
+        )
+        self._bump(client)
+
+        if hb.status == OFFLINE:
+            if was_status != OFFLINE:
+                self._set_status(client, OFFLINE)
+                client.offline_since = now
+                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_SHUTDOWN))
+        elif was_status != ONLINE:
+            self._set_status(client, ONLINE)
+            client.online_since = now
+            client.offline_since = None
+            events.append(self._event(CLIENT_CONNECTED, client, now, REASON_HEARTBEAT))
+        elif hb.status != old_reported or client.version != old_version:
+            events.append(self._event(CLIENT_STATUS_UPDATE, client, now, None))
+        events.append(
+            Event(
+                HEARTBEAT_RECEIVED,
+                client.client_id,
+                now,
+                {
+                    "clientId": client.client_id,
+                    "receivedAt": iso(now),
+                    "reportedStatus": client.reported_status,
+                    "latestMetrics": client.latest_metrics,
+                },
+            )
+        )
+        return HeartbeatOutcome(client, events, self.timeout_of(client), created)
+
+    def register(self, reg: Registration, now: float) -> tuple[Client, list[Event], bool]:
+        """Register (or update the registration of) a client. Returns (client, events, created)."""
+        client = self._clients.get(reg.client_id)
+        created = client is None
+        if client is None:
+            client = Client(client_id=reg.client_id, registered_at=now)
+            self._clients[reg.client_id] = client
+        client.registered = True
+        if reg.name is not None:
+            client.name = reg.name
+        if reg.tags is not None:
+            client.tags = list(reg.tags)
+        if reg.heartbeat_timeout_seconds is not None:
+            client.timeout_seconds = reg.heartbeat_timeout_seconds
+        if reg.metadata is not None:
+            client.metadata = reg.metadata
+        self._bump(client)
+        event = self._event(CLIENT_STATUS_UPDATE, client, now, REASON_REGISTERED if created else None)
+        return client, [event], created
+
+    def remove(self, client_id: str, now: float) -> list[Event]:
+        client = self._clients.pop(client_id, None)
+        if client is None:
+            raise UnknownClient(client_id)
+        self._set_status(client, OFFLINE)
+        self._revision += 1
+        return [self._event(CLIENT_REMOVED, client, now, REASON_REMOVED)]
+
+    def sweep(self, now: float) -> list[Event]:
+        """Mark offline every online client whose last heartbeat is older than its timeout.
+
+        Nobody is marked offline before ``grace_until``.
+        """
+        if now < self.grace_until:
+            return []
+        events: list[Event] = []
+        default = self.default_timeout_seconds
+        for client in self._clients.values():
+            if client.status != ONLINE:
+                continue
+            last = client.last_heartbeat_at
+            if last is None or now - last > client.effective_timeout(default):
+                self._set_status(client, OFFLINE)
+                client.offline_since = now
+                self._bump(client)
+                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT))
+        return events
+
+    def next_deadline(self) -> float:
+        """The earliest wall-clock time at which some online client would time out."""
+        default = self.default_timeout_seconds
+        best = math.inf
+        for c in self._clients.values():
+            if c.status == ONLINE and c.last_heartbeat_at is not None:
+                best = min(best, c.last_heartbeat_at + c.effective_timeout(default))
+        return max(best, self.grace_until)
+
+    def _event(self, type_: str, client: Client, now: float, reason: str | None) -> Event:
+        data = client.view(self.default_timeout_seconds)
+        if reason is not None and type_ in (CLIENT_DISCONNECTED, CLIENT_REMOVED, CLIENT_CONNECTED):
+            data["reason"] = reason
+        return Event(type_, client.client_id, now, data, reason)

@@ -1,0 +1,354 @@
+"""SQLite persistence with group commit.
+
+Writes are *staged* synchronously (cheap: a tuple into a dict) and become durable when the
+committer task applies the staged batch in a worker thread, at most every
+``commit_interval_ms`` or as soon as ``max_batch`` writes are waiting. A request handler stages
+its writes and then awaits :meth:`Store.durable`, which returns once the batch holding them is
+committed, so a 2xx is only sent for what is on disk, and a thousand concurrent heartbeats cost
+one fsync.
+
+Resource handling: one write connection, used only by the committer's worker thread (one batch
+at a time) and at open/close; one read connection for history queries, guarded by a lock.
+Error handling: a failed commit (disk full, read-only file system, I/O error) fails every
+waiter of that batch with :class:`StorageUnavailable`; the batch is put back so that the next
+commit retries it, and the committer keeps running.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from .registry import Client
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+# Forward migrations: MIGRATIONS[i] upgrades a database of user_version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE clients (
+        client_id TEXT PRIMARY KEY,
+        registered_at REAL NOT NULL,
+        name TEXT,
+        tags TEXT NOT NULL DEFAULT '[]',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        timeout_seconds REAL,
+        registered INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        reported_status TEXT,
+        version TEXT,
+        ip_address TEXT,
+        os_type TEXT,
+        interval_seconds REAL,
+        last_heartbeat_at REAL,
+        online_since REAL,
+        offline_since REAL,
+        clock_skew_seconds REAL,
+        latest_metrics TEXT
+    ) WITHOUT ROWID;
+    CREATE TABLE client_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        client_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        status TEXT NOT NULL,
+        reason TEXT
+    );
+    CREATE INDEX client_events_by_client ON client_events (client_id, id);
+    CREATE TABLE token_generations (
+        client_id TEXT PRIMARY KEY,
+        gen INTEGER NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+assert len(MIGRATIONS) == SCHEMA_VERSION
+
+_CLIENT_COLUMNS = (
+    "client_id, registered_at, name, tags, metadata, timeout_seconds, registered, status, "
+    "reported_status, version, ip_address, os_type, interval_seconds, last_heartbeat_at, "
+    "online_since, offline_since, clock_skew_seconds, latest_metrics"
+)
+_UPSERT = f"INSERT OR REPLACE INTO clients ({_CLIENT_COLUMNS}) VALUES ({', '.join('?' * 18)})"
+
+ClientRow = tuple[Any, ...]
+
+
+class StorageUnavailable(Exception):
+    """The database could not commit (disk full, read-only, I/O error)."""
+
+
+class StorageCorrupt(Exception):
+    """The database cannot be opened or is from a newer rpad."""
+
+
+def client_row(c: Client) -> ClientRow:
+    return (
+        c.client_id, c.registered_at, c.name, json.dumps(c.tags), json.dumps(c.metadata),
+        c.timeout_seconds, int(c.registered), c.status, c.reported_status, c.version,
+        c.ip_address, c.os_type, c.interval_seconds, c.last_heartbeat_at, c.online_since,
+        c.offline_since, c.clock_skew_seconds,
+        json.dumps(c.latest_metrics) if c.latest_metrics is not None else None,
+    )
+
+
+def _client_from_row(r: sqlite3.Row | tuple[Any, ...]) -> Client:
+    return Client(
+        client_id=r[0], registered_at=r[1], name=r[2], tags=json.loads(r[3]),
+        metadata=json.loads(r[4]), timeout_seconds=r[5], registered=bool(r[6]), status=r[7],
+        reported_status=r[8], version=r[9], ip_address=r[10], os_type=r[11],
+        interval_seconds=r[12], last_heartbeat_at=r[13], online_since=r[14],
+        offline_since=r[15], clock_skew_seconds=r[16],
+        latest_metrics=json.loads(r[17]) if r[17] is not None else None,
+    )
+
+
+class _Batch:
+    """Staged writes and the event their waiters wait on."""
+
+    __slots__ = ("clients", "deleted", "events", "gens", "meta", "done", "error", "size")
+
+    def __init__(self) -> None:
+        self.clients: dict[str, ClientRow] = {}
+        self.deleted: set[str] = set()
+        self.events: list[tuple[str, float, str, str | None]] = []
+        self.gens: dict[str, int] = {}
+        self.meta: dict[str, str] = {}
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+        self.size = 0
+
+    def merge_under(self, newer: _Batch) -> None:
+        """Put this (failed, older) batch's writes back under a newer batch's."""
+        for cid, row in self.clients.items():
+            if cid not in newer.clients and cid not in newer.deleted:
+                newer.clients[cid] = row
+        for cid in self.deleted:
+            if cid not in newer.clients:
+                newer.deleted.add(cid)
+        newer.events[:0] = self.events
+        for cid, gen in self.gens.items():
+            newer.gens.setdefault(cid, gen)
+        for k, v in self.meta.items():
+            newer.meta.setdefault(k, v)
+        newer.size += self.size
+
+
+class Loaded:
+    def __init__(self, clients: list[Client], gens: dict[str, int], meta: dict[str, str]) -> None:
+        self.clients = clients
+        self.gens = gens
+        self.meta = meta
+
+
+class Store:
+    def __init__(self, path: Path, *, commit_interval_ms: float = 10.0, max_batch: int = 2000,
+                 history_per_client: int = 100) -> None:
+        self.path = path
+        self.commit_interval_seconds = commit_interval_ms / 1000.0
+        self.max_batch = max_batch
+        self.history_per_client = history_per_client
+        self._db: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._batch = _Batch()
+        self._wakeup = trio.Event()
+        self._full = trio.Event()
+        self._closed = False
+        # Counters for metrics.
+        self.commits = 0
+        self.commit_failures = 0
+        self.last_batch_size = 0
+        self.last_commit_seconds = 0.0
+        self.on_commit: Callable[[int, float], None] | None = None
+
+    # -- opening and loading (call from a worker thread) ---------------------------------------
+
+    def open(self) -> Loaded:
+        """Open (creating or migrating) the database and read everything rpad keeps in memory."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=5000")
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StorageCorrupt(f"cannot open {self.path}: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise StorageCorrupt(
+                f"{self.path} has schema version {version}, newer than this rpad's "
+                f"{SCHEMA_VERSION}: upgrade rpad or restore an older database"
+            )
+        for v in range(version, SCHEMA_VERSION):
+            log.info("migrating database %s from schema version %d to %d", self.path, v, v + 1)
+            db.executescript(f"BEGIN; {MIGRATIONS[v]} PRAGMA user_version = {v + 1}; COMMIT;")
+        self._db = db
+        self._reader = sqlite3.connect(self.path, check_same_thread=False)
+        clients = [_client_from_row(r) for r in db.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients")]
+        gens = dict(db.execute("SELECT client_id, gen FROM token_generations").fetchall())
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        return Loaded(clients, gens, meta)
+
+    def close(self) -> None:
+        """Commit what is staged and close. Idempotent; call from a worker thread or at exit."""
+        if self._closed:
+            return
+        self._closed = True
+        batch, self._batch = self._batch, _Batch()
+        if self._db is not None:
+            if batch.size:
+                try:
+                    self._apply(batch)
+                except sqlite3.Error as exc:
+                    log.error("final commit failed, %d writes lost: %s", batch.size, exc)
+                    batch.error = exc
+            self._db.close()
+        if self._reader is not None:
+            self._reader.close()
+        batch.done.set()
+
+    # -- staging (on the event loop, never blocks) ---------------------------------------------
+
+    def _staged(self) -> _Batch:
+        if self._closed:
+            raise StorageUnavailable("the store is closed")
+        b = self._batch
+        b.size += 1
+        self._wakeup.set()
+        if b.size >= self.max_batch:
+            self._full.set()
+        return b
+
+    def put_client(self, client: Client) -> None:
+        b = self._staged()
+        b.deleted.discard(client.client_id)
+        b.clients[client.client_id] = client_row(client)
+
+    def delete_client(self, client_id: str) -> None:
+        b = self._staged()
+        b.clients.pop(client_id, None)
+        b.deleted.add(client_id)
+
+    def add_history(self, client_id: str, at: float, status: str, reason: str | None) -> None:
+        self._staged().events.append((client_id, at, status, reason))
+
+    def set_token_generation(self, client_id: str, gen: int) -> None:
+        self._staged().gens[client_id] = gen
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._staged().meta[key] = value
+
+    async def durable(self) -> None:
+        """Wait until everything staged so far is committed. Raises StorageUnavailable."""
+        batch = self._batch
+        if batch.size == 0 and not self._closed:
+            return
+        await batch.done.wait()
+        if batch.error is not None:
+            raise StorageUnavailable(str(batch.error))
+
+    # -- the committer -------------------------------------------------------------------------
+
+    async def run_committer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit staged batches until cancelled. Cancellation never interrupts a commit that
+        has started (worker threads are not abandoned); :meth:`close` commits the rest."""
+        task_status.started()
+        while True:
+            await self._wakeup.wait()
+            if self.commit_interval_seconds > 0 and self._batch.size < self.max_batch:
+                with trio.move_on_after(self.commit_interval_seconds):
+                    await self._full.wait()
+            batch, self._batch = self._batch, _Batch()
+            self._wakeup = trio.Event()
+            self._full = trio.Event()
+            if batch.size == 0:
+                batch.done.set()
+                continue
+            started = trio.current_time()
+            try:
+                await trio.to_thread.run_sync(self._apply, batch)
+            except sqlite3.Error as exc:
+                self.commit_failures += 1
+                log.error("commit of %d writes failed, will retry: %s", batch.size, exc)
+                batch.error = exc
+                batch.merge_under(self._batch)  # retried with the next batch
+                self._wakeup.set()
+                batch.done.set()
+                await trio.sleep(max(self.commit_interval_seconds, 0.1))
+                continue
+            elapsed = trio.current_time() - started
+            self.commits += 1
+            self.last_batch_size = batch.size
+            self.last_commit_seconds = elapsed
+            if self.on_commit is not None:
+                self.on_commit(batch.size, elapsed)
+            batch.done.set()
+
+    def _apply(self, b: _Batch) -> None:
+        db = self._db
+        assert db is not None
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            if b.deleted:
+                ids = [(cid,) for cid in b.deleted]
+                db.executemany("DELETE FROM clients WHERE client_id = ?", ids)
+                db.executemany("DELETE FROM client_events WHERE client_id = ?", ids)
+            if b.clients:
+                db.executemany(_UPSERT, b.clients.values())
+            if b.events:
+                db.executemany(
+                    "INSERT INTO client_events (client_id, at, status, reason) VALUES (?, ?, ?, ?)",
+                    b.events,
+                )
+                # Keep the newest history_per_client entries of each client touched.
+                keep = self.history_per_client
+                for cid in {e[0] for e in b.events}:
+                    db.execute(
+                        "DELETE FROM client_events WHERE client_id = ? AND id <= COALESCE(("
+                        "SELECT id FROM client_events WHERE client_id = ? "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?), -1)",
+                        (cid, cid, keep),
+                    )
+            if b.gens:
+                db.executemany(
+                    "INSERT OR REPLACE INTO token_generations (client_id, gen) VALUES (?, ?)",
+                    b.gens.items(),
+                )
+            if b.meta:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", b.meta.items())
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                try:
+                    db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            raise
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def _history(self, client_id: str, limit: int) -> list[tuple[float, str, str | None]]:
+        assert self._reader is not None
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT at, status, reason FROM client_events WHERE client_id = ? "
+                "ORDER BY id DESC LIMIT ?",
+                (client_id, limit),
+            ).fetchall()
+        return rows
+
+    async def history(self, client_id: str, limit: int = 100) -> list[tuple[float, str, str | None]]:
+        """The client's status history, newest first."""
+        return await trio.to_thread.run_sync(self._history, client_id, limit)
