@@ -30,6 +30,7 @@ from . import config as config_mod
 from . import logs
 from .auth import Authenticator, load_keys
 from .config import Config, ConfigError
+from .fastpath import HeartbeatFastPath
 from .http import AppState, AuthFailureLimiter, create_app
 from .presence import Presence
 from .registry import Registry
@@ -145,7 +146,8 @@ class Daemon:
 
                 async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
-                        await hypercorn_serve(app, self._hypercorn_config(),  # type: ignore[arg-type]
+                        asgi: Any = HeartbeatFastPath(app, app_state) if cfg.http.fast_path else app
+                        await hypercorn_serve(asgi, self._hypercorn_config(),
                                               shutdown_trigger=self._stop.wait,
                                               task_status=task_status)
                     finally:

@@ -1,0 +1,119 @@
+"""The heartbeat fast path: ``POST /api/v1/client/heartbeat`` handled at the ASGI level, in front
+of the Quart app.
+
+A heartbeat is rpad's hot path and Quart's request machinery (request and response objects,
+context locals, routing, before/after hooks) costs several times what the heartbeat itself
+costs. :class:`HeartbeatFastPath` answers that one route directly from the ASGI scope and passes
+everything else to Quart unchanged.
+
+There is one implementation of the heartbeat: :func:`handle_heartbeat` does authentication,
+body limits, JSON parsing, validation, access checks and the call into
+:class:`~rpad.presence.Presence`, and the Quart route calls the same function, so both paths
+give identical answers and errors (the test suite runs its heartbeat tests against both).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .auth import require_client_access
+from .http import ApiError, AppState, api_error_from, authenticate, error_body, parse_json_body
+from .models import parse_heartbeat
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PATH = "/api/v1/client/heartbeat"
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+
+Answer = tuple[int, Any, dict[str, str]]
+
+
+def _dumps(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+async def handle_heartbeat(
+    state: AppState,
+    authorization: str | None,
+    peer: str,
+    content_length: int | None,
+    read_body: Callable[[int], Awaitable[bytes]],
+) -> Answer:
+    """One heartbeat request → (status, JSON body, extra headers).
+
+    ``read_body(limit)`` returns the body, raising ApiError(413) past ``limit`` bytes. Domain
+    errors become their API errors; anything else propagates (a bug: the caller logs it).
+    """
+    try:
+        principal = authenticate(state, authorization, peer)
+        limit = state.config.http.max_body_bytes
+        if content_length is not None and content_length > limit:
+            raise ApiError(413, "body_too_large",
+                           f"the body is {content_length} bytes; the limit is {limit}")
+        body = parse_json_body(await read_body(limit))
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        hb = parse_heartbeat(body)
+        require_client_access(principal, hb.client_id, write=True)
+        return 200, await state.presence.heartbeat(hb, peer), {}
+    except Exception as exc:  # only the domain's errors are translated; others re-raise
+        err = api_error_from(exc)
+        return err.status, error_body(err.status, err.code, err.message, err.details), err.headers
+
+
+class HeartbeatFastPath:
+    """ASGI middleware: heartbeats here, everything else to ``app``."""
+
+    def __init__(self, app: Any, state: AppState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if (scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH
+                or scope["method"] != "POST"):
+            await self.app(scope, receive, send)
+            return
+        authorization: str | None = None
+        content_length: int | None = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                try:
+                    content_length = int(value)
+                except ValueError:
+                    content_length = None
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+
+        async def read_body(limit: int) -> bytes:
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ApiError(400, "bad_request", "the client went away before sending the body")
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+        try:
+            status, body, headers = await handle_heartbeat(
+                self.state, authorization, peer, content_length, read_body)
+        except Exception:
+            log.exception("unexpected error in POST %s", HEARTBEAT_PATH)
+            status, body, headers = 500, error_body(
+                500, "internal_error", "an internal error occurred; it has been logged"), {}
+        payload = _dumps(body)
+        raw_headers = _JSON_HEADERS + [(b"content-length", str(len(payload)).encode())]
+        for k, v in headers.items():
+            raw_headers.append((k.lower().encode(), v.encode()))
+        await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+        await send({"type": "http.response.body", "body": payload})
