@@ -32,6 +32,8 @@ SECRET_BYTES = 32
 TOKEN_CACHE_SIZE = 10_000
 MAX_TOKEN_CHARS = 8192
 CREDENTIAL_NAME = "jwt.secret"
+# The longest lifetime a token can be minted with (ten years); longer is what "never" is for.
+MAX_TTL_SECONDS = 10 * 366 * 86400
 
 
 class AuthError(Exception):
@@ -87,6 +89,8 @@ def parse_ttl(text: str) -> float | None:
     seconds = float(m.group(1)) * unit
     if seconds <= 0:
         raise ValueError("a token lifetime must be positive")
+    if seconds > MAX_TTL_SECONDS:
+        raise ValueError("a token lifetime must be at most 10 years (or never)")
     return seconds
 
 

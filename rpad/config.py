@@ -11,11 +11,14 @@ import ipaddress
 import os
 import re
 import tomllib
+import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import attrs
 import cattrs
+from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
 DEFAULT_STATE_DIR = "./rpad-data"
@@ -199,17 +202,52 @@ def _make_converter() -> cattrs.Converter:
             raise TypeError(f"expected true or false, got {type(value).__name__} {value!r}")
         return value
 
+    # A TOML array where an array belongs: cattrs alone would turn the string "abc" into
+    # ["a", "b", "c"] and a table into a list of its keys.
+    def _list_hook(list_type: Any) -> Callable[[Any, Any], list[Any]]:
+        (item_type,) = typing.get_args(list_type) or (Any,)
+
+        def structure(value: Any, _: Any) -> list[Any]:
+            if not isinstance(value, list):
+                raise TypeError(f"expected an array, got {type(value).__name__} {value!r}")
+            items: list[Any] = []
+            errors: list[Exception] = []
+            for i, item in enumerate(value):
+                try:
+                    items.append(conv.structure(item, item_type))
+                except Exception as exc:
+                    exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(
+                        f"Structuring {list_type} @ index {i}", i, item_type)]
+                    errors.append(exc)
+            if errors:
+                raise IterableValidationError(f"While structuring {list_type}", errors, list_type)
+            return items
+
+        return structure
+
     conv.register_structure_hook(int, _int)
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(str, _str)
     conv.register_structure_hook(bool, _bool)
-    for cls in (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, AuthConfig,
+    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, _list_hook)
+    sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, AuthConfig,
                 StorageConfig, WebhookConfig, EmailConfig, AlertsConfig, MetricsConfig,
-                LoggingConfig):
-        conv.register_structure_hook(
-            cls, make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
-        )
+                LoggingConfig)
+    # A factory, so that a section's hook exists before the hook of the table holding it.
+    conv.register_structure_hook_factory(lambda t: t in sections, lambda t: _table(t, conv))
     return conv
+
+
+def _table(cls: type[Any], conv: cattrs.Converter) -> Callable[[Any, Any], Any]:
+    """The structure hook of a config section: a TOML table with only the known keys."""
+    fields = make_dict_structure_fn(cls, conv, _cattrs_forbid_extra_keys=True)
+
+    def structure(value: Any, _: Any) -> Any:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a table, got {type(value).__name__} {value!r}")
+        return fields(value, cls)
+
+    return structure
 
 
 _converter = _make_converter()
@@ -336,8 +374,7 @@ def validate(cfg: Config) -> None:
     _readable("auth.public_key_file", cfg.auth.public_key_file, p)
     for i, f in enumerate(cfg.auth.extra_public_key_files):
         _readable(f"auth.extra_public_key_files[{i}]", f, p)
-    positive("storage.commit_interval_ms", cfg.storage.commit_interval_ms + 1)  # 0 allowed
-    if cfg.storage.commit_interval_ms < 0:
+    if cfg.storage.commit_interval_ms < 0:  # 0: commit as soon as anything is staged
         p.append("storage.commit_interval_ms: must not be negative")
     positive("storage.max_batch", cfg.storage.max_batch)
     for i, hook in enumerate(cfg.alerts.webhooks):

@@ -7,6 +7,7 @@ camelCase only.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from datetime import datetime, timezone
@@ -19,6 +20,8 @@ TAG_RE = re.compile(r"[^\x00-\x1f]{1,64}")
 MAX_STRING_CHARS = 256
 MAX_METADATA_BYTES = 4096
 MAX_TAGS = 32
+# Agent clocks given as epoch numbers must fall in the years 1970 to 9999.
+MAX_EPOCH_SECONDS = 253402300799.0
 # Agents' self-reported status: a short word such as online, busy, idle, error, offline.
 REPORTED_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
@@ -124,7 +127,7 @@ class _Fields:
         value = self.get(name, alias)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        if _finite(value) is None:
             self.fail(name, f"must be a number, got {_kind(value)}")
             return None
         if minimum is not None and value < minimum:
@@ -142,11 +145,13 @@ class _Fields:
         if not isinstance(value, dict):
             self.fail(name, f"must be a JSON object, got {_kind(value)}")
             return None
-        import json
-
         try:
-            size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
-        except (ValueError, TypeError, RecursionError):
+            size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
+                                  allow_nan=False).encode())
+        except ValueError:  # NaN or Infinity, which JSON cannot carry out again
+            self.fail(name, "must not contain NaN or Infinity")
+            return None
+        except (TypeError, RecursionError):
             self.fail(name, "must be a plain JSON object")
             return None
         if size > max_bytes:
@@ -155,13 +160,25 @@ class _Fields:
         return value
 
 
+def _finite(value: Any) -> float | None:
+    """A JSON number as a finite float; None for anything else (booleans, NaN, Infinity, and
+    integers too large for a float)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
 def _kind(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
         return "a boolean"
     if isinstance(value, int | float):
-        return "a number" if math.isfinite(value) else "a non-finite number"
+        return "a number" if _finite(value) is not None else "a number out of range"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, list):
@@ -219,9 +236,12 @@ def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
                 timestamp = parse_iso(raw_ts)
             except (ValueError, OverflowError):
                 f.fail("timestamp", "must be an ISO 8601 time such as 2025-07-23T12:00:00Z")
-        elif isinstance(raw_ts, int | float) and not isinstance(raw_ts, bool) and math.isfinite(raw_ts):
+        elif (epoch := _finite(raw_ts)) is not None:
             # Epoch seconds (or milliseconds, as some agents send them).
-            timestamp = float(raw_ts) / 1000.0 if raw_ts > 1e11 else float(raw_ts)
+            timestamp = epoch / 1000.0 if epoch > 1e11 else epoch
+            if not 0 <= timestamp <= MAX_EPOCH_SECONDS:
+                f.fail("timestamp", "must be epoch seconds or milliseconds from 1970 to 9999")
+                timestamp = None
         else:
             f.fail("timestamp", f"must be an ISO 8601 time, got {_kind(raw_ts)}")
     status = f.string("status", pattern=REPORTED_STATUS_RE,
