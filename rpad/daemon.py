@@ -28,6 +28,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from . import config as config_mod
 from . import logs
+from .alerts import Alerts
 from .auth import Authenticator, load_keys
 from .config import Config, ConfigError
 from .fastpath import HeartbeatFastPath
@@ -73,6 +74,7 @@ class Daemon:
         self.store: Store | None = None
         self.presence: Presence | None = None
         self.auth: Authenticator | None = None
+        self.alerts: Alerts | None = None
         self.reloads = 0
         self.app_state: AppState
 
@@ -122,6 +124,7 @@ class Daemon:
         presence = Presence(registry, store, wall_clock=self.wall_clock,
                             token_generations=loaded.gens)
         self.presence = presence
+        presence.alerts = self.alerts = Alerts(cfg.alerts)
         auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
                              leeway_seconds=cfg.auth.leeway_seconds,
                              token_generation=presence.token_generation,
@@ -156,6 +159,7 @@ class Daemon:
                 binds = await services.start(serve_http)
                 self.http_url = binds[0]
                 # The WebSocket hub and the push task start here (next: rpad.hub).
+                await services.start(self.alerts.run)
                 services.start_soon(run_sweeper, presence,
                                     lambda: self.config.presence.check_interval_seconds)
                 if self.handle_signals:
@@ -216,6 +220,8 @@ class Daemon:
         self.auth.reconfigure(keys, issuer=new.auth.issuer, audience=new.auth.audience,
                               leeway_seconds=new.auth.leeway_seconds)
         logs.set_level(new.logging.level)
+        if self.alerts is not None:
+            self.alerts.reconfigure(new.alerts)
         self.reloads += 1
         log.info("configuration reloaded from %s", self.config_path or "built-in defaults")
         self.notifier.ready(self._status_line())
