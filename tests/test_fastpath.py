@@ -132,15 +132,30 @@ async def test_chunked_body_over_the_limit_is_413(
 ) -> None:
     d = await start_daemon(nursery, make_config(http={"fast_path": fast_path, "max_body_bytes": 1024}))
     with trio.fail_after(20):
-
-        async def chunks() -> Any:
-            yield b'{"clientId": "c", "metadata": {"x": "'
-            for _ in range(20):
-                yield b"y" * 100
-            yield b'"}}'
-
-        r = await d.http.post(d.http_url + "/api/v1/client/heartbeat", content=chunks(),
-                              headers=d.headers("service"))
+        # A chunked body (no Content-Length) that only turns out too large while being read,
+        # sent over a raw socket so the test client cannot interfere.
+        host, port = d.http_url.removeprefix("http://").rsplit(":", 1)
+        stream = await trio.open_tcp_stream(host, int(port))
+        token = d.token("service")
+        head = (f"POST /api/v1/client/heartbeat HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n").encode()
+        chunk = b"y" * 100
+        body = b'{"clientId": "c", "metadata": {"x": "' + chunk * 20 + b'"}}'
+        await stream.send_all(head)
+        for i in range(0, len(body), 100):
+            piece = body[i:i + 100]
+            await stream.send_all(b"%x\r\n%s\r\n" % (len(piece), piece))
+        await stream.send_all(b"0\r\n\r\n")
+        raw = b""
+        while b"\r\n\r\n" not in raw or not raw.rstrip().endswith(b"}"):
+            data = await stream.receive_some()
+            if not data:
+                break
+            raw += data
+        await stream.aclose()
+        status_line, _, rest = raw.partition(b"\r\n")
+        r = httpx.Response(int(status_line.split()[1]), content=rest.partition(b"\r\n\r\n")[2])
         assert r.status_code == 413
         assert r.json()["error"] == "body_too_large"
         # The daemon keeps serving.
