@@ -134,7 +134,7 @@ def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
             if not path.exists():
                 if not generate:
                     raise ValueError(f"{path} does not exist yet: start `rpad serve` once, or set auth.secret_file")
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w") as f:
                     f.write(pysecrets.token_urlsafe(SECRET_BYTES) + "\n")

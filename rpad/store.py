@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -177,23 +178,41 @@ class Store:
 
     def open(self) -> Loaded:
         """Open (creating or migrating) the database and read everything rpad keeps in memory."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not self.path.exists():
+            # Client data is nobody else's business: the file (and so SQLite's -wal and -shm
+            # files, which copy its mode) is the owner's alone.
+            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         try:
-            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            # The version first: a database of a newer rpad is refused before anything
+            # (even the journal mode) is changed in it.
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StorageCorrupt(
+                    f"{self.path} has schema version {version}, newer than this rpad's "
+                    f"{SCHEMA_VERSION}: upgrade rpad or restore an older database"
+                )
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA busy_timeout=5000")
-            version = db.execute("PRAGMA user_version").fetchone()[0]
+            for v in range(version, SCHEMA_VERSION):
+                log.info("migrating database %s from schema version %d to %d", self.path, v, v + 1)
+                try:
+                    db.executescript(
+                        f"BEGIN; {MIGRATIONS[v]} PRAGMA user_version = {v + 1}; COMMIT;")
+                except sqlite3.Error as exc:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise StorageCorrupt(
+                        f"cannot migrate {self.path} from schema version {v} to {v + 1}: {exc}"
+                    ) from None
         except sqlite3.DatabaseError as exc:
+            db.close()
             raise StorageCorrupt(f"cannot open {self.path}: {exc}") from None
-        if version > SCHEMA_VERSION:
-            raise StorageCorrupt(
-                f"{self.path} has schema version {version}, newer than this rpad's "
-                f"{SCHEMA_VERSION}: upgrade rpad or restore an older database"
-            )
-        for v in range(version, SCHEMA_VERSION):
-            log.info("migrating database %s from schema version %d to %d", self.path, v, v + 1)
-            db.executescript(f"BEGIN; {MIGRATIONS[v]} PRAGMA user_version = {v + 1}; COMMIT;")
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
         clients = [_client_from_row(r) for r in db.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients")]
@@ -253,7 +272,7 @@ class Store:
     async def durable(self) -> None:
         """Wait until everything staged so far is committed. Raises StorageUnavailable."""
         batch = self._batch
-        if batch.size == 0 and not self._closed:
+        if batch.size == 0:  # nothing staged (and after close nothing can be)
             return
         await batch.done.wait()
         if batch.error is not None:
