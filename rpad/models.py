@@ -32,14 +32,26 @@ METRIC_FIELDS = (
 )
 
 
+_ISO_SECONDS_CACHE: dict[int, str] = {}
+_ISO_CACHE_SIZE = 8192
+
+
 def iso(ts: float | None) -> str | None:
-    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds."""
+    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds.
+
+    Called several times per client view, so the whole-second prefix is cached.
+    """
     if ts is None:
         return None
-    return (
-        datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
+    whole = math.floor(ts)
+    millis = int((ts - whole) * 1000)
+    prefix = _ISO_SECONDS_CACHE.get(whole)
+    if prefix is None:
+        if len(_ISO_SECONDS_CACHE) >= _ISO_CACHE_SIZE:
+            _ISO_SECONDS_CACHE.clear()
+        prefix = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        _ISO_SECONDS_CACHE[whole] = prefix
+    return f"{prefix}.{millis:03d}Z"
 
 
 def parse_iso(text: str) -> float:

@@ -11,6 +11,7 @@ agent's declared ``intervalSeconds``. ``unknown`` means registered but never hea
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,6 +19,8 @@ from typing import Any
 import attrs
 
 from .models import Heartbeat, Registration, iso
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 ONLINE = "online"
 OFFLINE = "offline"
@@ -74,6 +77,9 @@ class Client:
     latest_metrics: dict[str, float] | None = None
     # Bumped on every change, so a delta push can tell what changed since the last one.
     revision: int = 0
+    # The view serialized as JSON, valid while (revision, view generation) is unchanged.
+    _json_key: tuple[int, int] = attrs.field(default=(-1, -1), init=False, repr=False)
+    _json: str = attrs.field(default="", init=False, repr=False)
 
     def effective_timeout(self, default: float) -> float:
         timeout = self.timeout_seconds if self.timeout_seconds is not None else default
@@ -174,6 +180,30 @@ class Registry:
     def views(self) -> list[dict[str, Any]]:
         t = self.default_timeout_seconds
         return [c.view(t) for c in self._clients.values()]
+
+    @property
+    def default_timeout_seconds(self) -> float:
+        return self._default_timeout_seconds
+
+    @default_timeout_seconds.setter
+    def default_timeout_seconds(self, value: float) -> None:
+        # Every view shows its effective timeout: a new default invalidates cached JSON.
+        self._default_timeout_seconds = value
+        self._view_generation = getattr(self, "_view_generation", 0) + 1
+
+    def view_json(self, client: Client) -> str:
+        """The client view as a JSON string, re-serialized only when the client changed."""
+        key = (client.revision, self._view_generation)
+        if client._json_key != key:
+            client._json = _ENCODER.encode(client.view(self._default_timeout_seconds))
+            client._json_key = key
+        return client._json
+
+    def servers_json(self) -> str:
+        """``{"servers": [client view, ...]}`` as a JSON string, built from cached per-client
+        fragments: a push re-serializes only the clients that changed since the last one."""
+        vj = self.view_json
+        return '{"servers":[' + ",".join([vj(c) for c in self._clients.values()]) + "]}"
 
     def timeout_of(self, client: Client) -> float:
         return client.effective_timeout(self.default_timeout_seconds)
