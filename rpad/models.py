@@ -44,7 +44,11 @@ def iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     whole = math.floor(ts)
-    millis = int((ts - whole) * 1000)
+    # Round to microseconds first (as datetime does), then truncate to milliseconds.
+    micros = round((ts - whole) * 1_000_000)
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    millis = micros // 1000
     prefix = _ISO_SECONDS_CACHE.get(whole)
     if prefix is None:
         if len(_ISO_SECONDS_CACHE) >= _ISO_CACHE_SIZE:
