@@ -29,6 +29,7 @@ from .config import Config
 ROLES = ("agent", "viewer", "service", "admin")
 _RANK = {"agent": 0, "viewer": 1, "service": 2, "admin": 3}
 SECRET_BYTES = 32
+MIN_SECRET_BYTES = 16
 TOKEN_CACHE_SIZE = 10_000
 MAX_TOKEN_CHARS = 8192
 CREDENTIAL_NAME = "jwt.secret"
@@ -98,6 +99,8 @@ def _alg_of_public_key(key: Any) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         return "RS256"
     if isinstance(key, ec.EllipticCurvePublicKey):
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError(f"an EC key must be on the P-256 curve (ES256), not {key.curve.name}")
         return "ES256"
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "EdDSA"
@@ -110,46 +113,61 @@ class Keys:
     public_keys: list[tuple[str, Any]]  # (alg, key object)
 
 
-def _read_secret(path: Path) -> bytes:
-    data = path.read_bytes().strip()
-    if len(data) < 16:
-        raise ValueError(f"{path}: a secret must be at least 16 bytes")
+def _read_secret(key: str, path: Path) -> bytes:
+    try:
+        data = path.read_bytes().strip()
+    except OSError as exc:
+        raise ValueError(f"{key}: cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) < MIN_SECRET_BYTES:
+        raise ValueError(f"{key}: {path}: a secret must be at least {MIN_SECRET_BYTES} bytes")
     return data
 
 
 def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
     """Read the configured keys. With no secret file configured, use the systemd credential
     ``jwt.secret`` if there is one, else ``<state_dir>/jwt.secret``, generated (mode 0600) on
-    first start. Raises ValueError naming the file on a bad key."""
+    first start. Raises ValueError naming the config key and the file on a bad key."""
     secret_list: list[bytes] = []
     if cfg.auth.secret_file:
-        secret_list.append(_read_secret(Path(cfg.auth.secret_file)))
+        secret_list.append(_read_secret("auth.secret_file", Path(cfg.auth.secret_file)))
     else:
         cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
         cred = Path(cred_dir) / CREDENTIAL_NAME if cred_dir else None
         if cred is not None and cred.exists():
-            secret_list.append(_read_secret(cred))
+            secret_list.append(_read_secret(f"credential {CREDENTIAL_NAME}", cred))
         else:
             path = cfg.secret_path
             if not path.exists():
                 if not generate:
                     raise ValueError(f"{path} does not exist yet: start `rpad serve` once, or set auth.secret_file")
-                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as f:
-                    f.write(pysecrets.token_urlsafe(SECRET_BYTES) + "\n")
-            secret_list.append(_read_secret(path))
-    for extra in cfg.auth.extra_secret_files:
-        secret_list.append(_read_secret(Path(extra)))
+                try:
+                    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    with os.fdopen(fd, "w") as f:
+                        f.write(pysecrets.token_urlsafe(SECRET_BYTES) + "\n")
+                except OSError as exc:
+                    raise ValueError(
+                        f"state_dir: cannot create the JWT secret {path}: {exc.strerror or exc}"
+                    ) from None
+            secret_list.append(_read_secret("auth.secret_file (generated)", path))
+    for i, extra in enumerate(cfg.auth.extra_secret_files):
+        secret_list.append(_read_secret(f"auth.extra_secret_files[{i}]", Path(extra)))
     public: list[tuple[str, Any]] = []
-    for key_file in [cfg.auth.public_key_file, *cfg.auth.extra_public_key_files]:
+    named = [("auth.public_key_file", cfg.auth.public_key_file)] + [
+        (f"auth.extra_public_key_files[{i}]", f)
+        for i, f in enumerate(cfg.auth.extra_public_key_files)]
+    for key, key_file in named:
         if not key_file:
             continue
         try:
-            key = serialization.load_pem_public_key(Path(key_file).read_bytes())
-            public.append((_alg_of_public_key(key), key))
-        except ValueError as exc:
-            raise ValueError(f"{key_file}: not a usable PEM public key: {exc}") from None
+            pem = Path(key_file).read_bytes()
+        except OSError as exc:
+            raise ValueError(f"{key}: cannot read {key_file}: {exc.strerror or exc}") from None
+        try:
+            public_key = serialization.load_pem_public_key(pem)
+            public.append((_alg_of_public_key(public_key), public_key))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"{key}: {key_file} is not a usable PEM public key: {exc}") from None
     return Keys(secret_list, public)
 
 
@@ -246,7 +264,9 @@ class Authenticator:
             raise AuthError(401, f"the token's algorithm {str(alg)[:20]!r} is not accepted")
         if not candidates:
             raise AuthError(401, f"no key is configured for {alg} tokens")
-        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.audience)}
+        # Times are checked below against this authenticator's clock (pyjwt would use its own).
+        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.audience),
+                                   "verify_exp": False, "verify_nbf": False, "verify_iat": False}
         claims: dict[str, Any] | None = None
         last: Exception | None = None
         for key in candidates:
@@ -256,8 +276,6 @@ class Authenticator:
                     issuer=self.issuer or None, audience=self.audience or None,
                 )
                 break
-            except jwt.ExpiredSignatureError:
-                raise AuthError(401, "the token has expired", "token_expired") from None
             except jwt.InvalidSignatureError as exc:
                 last = exc
             except jwt.InvalidAudienceError:
@@ -266,15 +284,27 @@ class Authenticator:
                 raise AuthError(401, "the token is from another issuer") from None
             except jwt.MissingRequiredClaimError as exc:
                 raise AuthError(401, f"the token lacks the {exc.claim!r} claim") from None
-            except jwt.ImmatureSignatureError:
-                raise AuthError(401, "the token is not valid yet (nbf/iat in the future)") from None
             except jwt.PyJWTError as exc:
                 last = exc
         if claims is None:
             if isinstance(last, jwt.InvalidSignatureError):
                 raise AuthError(401, "the token's signature does not verify")
             raise AuthError(401, "the token is invalid")
+        self._check_times(claims)
         return self._principal(claims, own)
+
+    def _check_times(self, claims: dict[str, Any]) -> None:
+        now = self.clock()
+        leeway = self.leeway_seconds
+        for name in ("exp", "nbf", "iat"):
+            value = claims.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise AuthError(401, f"the token's {name} claim must be a number")
+        exp, nbf, iat = claims.get("exp"), claims.get("nbf"), claims.get("iat")
+        if exp is not None and now > exp + leeway:
+            raise AuthError(401, "the token has expired", "token_expired")
+        if (nbf is not None and nbf > now + leeway) or (iat is not None and iat > now + leeway):
+            raise AuthError(401, "the token is not valid yet (nbf/iat in the future)")
 
     def _principal(self, claims: dict[str, Any], own: bool) -> Principal:
         sub, role = claims.get("sub"), claims.get("role")
