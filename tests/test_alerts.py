@@ -47,12 +47,14 @@ class HttpReceiver:
     """A loopback HTTP server that records every request.
 
     ``statuses`` are answered in order (then 200); ``stall`` accepts requests and never
-    answers. ``close_first`` closes the first N connections without an answer.
+    answers. ``answer_headers`` are added to every answer.
     """
 
     def __init__(self, statuses: list[int] | None = None, *, stall: bool = False,
-                 answer_body: bytes = b"{}") -> None:
+                 answer_body: bytes = b"{}",
+                 answer_headers: list[tuple[str, str]] | None = None) -> None:
         self.statuses = list(statuses or [])
+        self.answer_headers = answer_headers or []
         self.stall = stall
         self.answer_body = answer_body
         self.requests: list[Received] = []
@@ -104,7 +106,7 @@ class HttpReceiver:
             status = self.statuses.pop(0) if self.statuses else 200
             out = conn.send(h11.Response(status_code=status, headers=[
                 ("Content-Type", "application/json"),
-                ("Content-Length", str(len(self.answer_body)))]))
+                ("Content-Length", str(len(self.answer_body))), *self.answer_headers]))
             out += conn.send(h11.Data(data=self.answer_body)) + conn.send(h11.EndOfMessage())
             await stream.send_all(out)
         except (trio.BrokenResourceError, h11.ProtocolError):
