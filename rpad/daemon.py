@@ -26,17 +26,19 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
+from . import __version__
 from . import config as config_mod
 from . import logs
+from . import metrics as metrics_mod
 from .alerts import Alerts
-from .auth import Authenticator, load_keys
+from .auth import Authenticator, Keys, load_keys
 from .config import Config, ConfigError
 from .fastpath import HeartbeatFastPath
 from .http import AppState, AuthFailureLimiter, create_app
 from .presence import Presence
 from .registry import Registry
 from .store import Store
-from .systemd import Notifier, run_watchdog, watchdog_interval_seconds
+from .systemd import Notifier, run_watchdog
 from .tasks import run_sweeper
 
 log = logging.getLogger(__name__)
@@ -76,6 +78,9 @@ class Daemon:
         self.auth: Authenticator | None = None
         self.alerts: Alerts | None = None
         self.reloads = 0
+        self.reload_results: dict[str, int] = {}
+        self.metrics: metrics_mod.Metrics | None = None
+        self._app: Any = None
         self.app_state: AppState
 
     def stop(self) -> None:
@@ -96,7 +101,10 @@ class Daemon:
 
     async def run(self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
+        log.info("rpad %s starting (epoch %s, config %s)", __version__, self.epoch,
+                 self.config_path or "built-in defaults")
         keys = load_keys(cfg)
+        logs.add_secrets(keys.secrets)
         store = Store(cfg.database_path, commit_interval_ms=cfg.storage.commit_interval_ms,
                       max_batch=cfg.storage.max_batch,
                       history_per_client=cfg.presence.history_per_client)
@@ -137,6 +145,11 @@ class Daemon:
         )
         self.app_state = app_state
         app = create_app(app_state)
+        self._app = app
+        self.metrics = metrics_mod.Metrics(presence, store, epoch=self.epoch,
+                                           reloads=lambda: self.reload_results)
+        self.metrics.alerts = self.alerts
+        metrics_mod.add_route(app, app_state, self.metrics)
         log.info("loaded %d clients (%d online) from %s", len(registry), registry.online_count,
                  store.path)
         if registry.grace_until:
@@ -164,7 +177,7 @@ class Daemon:
                                     lambda: self.config.presence.check_interval_seconds)
                 if self.handle_signals:
                     services.start_soon(self._handle_signals)
-                wd = watchdog_interval_seconds()
+                wd = self.notifier.watchdog_seconds
                 if wd is not None and self.notifier.enabled:
                     services.start_soon(run_watchdog, self.notifier, wd)
                 if self.notifier.enabled:
@@ -192,40 +205,60 @@ class Daemon:
                     self.stop()
 
     async def reload(self) -> bool:
-        """Re-read the config file and apply what can change while running. Returns False (and
-        keeps the old config) if the new one is invalid."""
+        """Re-read the config file (SIGHUP) and apply what can change while running: timeouts,
+        intervals, limits, keys (rotation: open connections stay), log level and format,
+        commit batching, metrics access. Settings that need a restart (:data:`RESTART_KEYS`)
+        keep their running values and are logged as such.
+
+        Error handling: an invalid file (or an unreadable key) is refused with the reason in
+        the log, the old config stays in force, and this returns False. systemd hears
+        RELOADING=1 before and READY=1 after, either way.
+        """
         self.notifier.reloading()
+        where = self.config_path or "built-in defaults"
+        log.info("reloading configuration from %s", where)
+        old = self.config
         try:
-            new = await trio.to_thread.run_sync(config_mod.load, self.config_path)
+            loaded = await trio.to_thread.run_sync(config_mod.load, self.config_path)
+            new = _keep_restart_keys(old, loaded)
             keys = await trio.to_thread.run_sync(load_keys, new)
         except (ConfigError, ValueError, OSError) as exc:
-            log.error("reload refused, keeping the running config: %s", exc)
+            problems = exc.problems if isinstance(exc, ConfigError) else [str(exc)]
+            log.error("reload refused, the running configuration stays in force: %s",
+                      "; ".join(problems))
+            self.reload_results["refused"] = self.reload_results.get("refused", 0) + 1
             self.notifier.ready(self._status_line())
             return False
-        old = self.config
-        for key, a, b in (("http.listen", old.http.listen, new.http.listen),
-                          ("websocket.listen", old.websocket.listen, new.websocket.listen),
-                          ("state_dir", old.state_dir, new.state_dir),
-                          ("storage.path", old.storage.path, new.storage.path)):
-            if a != b:
-                log.warning("reload: %s changed (%s -> %s); this needs a restart", key, a, b)
+        logs.add_secrets(keys.secrets)
+        self._apply(new, keys)
+        changed = _changed_keys(old, new)
+        self.reloads += 1
+        self.reload_results["applied"] = self.reload_results.get("applied", 0) + 1
+        log.info("configuration reloaded from %s: %s", where,
+                 ", ".join(changed) if changed else "no changes")
+        self.notifier.ready(self._status_line())
+        return True
+
+    def _apply(self, new: Config, keys: Keys) -> None:
+        """Put a validated config into force (no I/O, cannot fail halfway)."""
+        assert self.presence is not None and self.auth is not None and self.store is not None
         self.config = new
         self.app_state.config = new
+        self._app.config["MAX_CONTENT_LENGTH"] = new.http.max_body_bytes
         self.app_state.limiter.max_per_window = new.auth.max_failures_per_minute
-        assert self.presence is not None and self.auth is not None
         reg = self.presence.registry
         reg.default_timeout_seconds = new.presence.heartbeat_timeout_seconds
         reg.min_interval_seconds = new.presence.min_interval_seconds
         reg.auto_register = new.presence.registration == "auto"
+        # The sweeper re-reads presence.check_interval_seconds from self.config every round.
+        self.store.commit_interval_seconds = new.storage.commit_interval_ms / 1000.0
+        self.store.max_batch = new.storage.max_batch
+        self.store.history_per_client = new.presence.history_per_client
         self.auth.reconfigure(keys, issuer=new.auth.issuer, audience=new.auth.audience,
                               leeway_seconds=new.auth.leeway_seconds)
-        logs.set_level(new.logging.level)
+        logs.reconfigure(new.logging.level, new.logging.format)
         if self.alerts is not None:
             self.alerts.reconfigure(new.alerts)
-        self.reloads += 1
-        log.info("configuration reloaded from %s", self.config_path or "built-in defaults")
-        self.notifier.ready(self._status_line())
-        return True
 
     def _status_line(self) -> str:
         if self.presence is None:
@@ -234,6 +267,67 @@ class Daemon:
         return f"{reg.online_count} of {len(reg)} clients online"
 
     async def _report_status(self) -> None:
+        """STATUS= for `systemctl status`, checked every STATUS_INTERVAL_SECONDS and sent when
+        it changed."""
+        deadline = trio.current_time()
         while True:
-            await trio.sleep(STATUS_INTERVAL_SECONDS)
+            deadline += STATUS_INTERVAL_SECONDS
+            await trio.sleep_until(deadline)
             self.notifier.status(self._status_line())
+
+
+# Settings bound at start-up: a reload keeps their running values and says so.
+RESTART_KEYS = ("state_dir", "http.listen", "http.graceful_timeout_seconds", "http.fast_path",
+                "websocket.listen", "storage.path")
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        cfg = getattr(cfg, part)
+    return cfg
+
+
+def _with(cfg: Any, dotted: str, value: Any) -> Any:
+    head, _, rest = dotted.partition(".")
+    if not rest:
+        return attrs.evolve(cfg, **{head: value})
+    return attrs.evolve(cfg, **{head: _with(getattr(cfg, head), rest, value)})
+
+
+def _keep_restart_keys(old: Config, new: Config) -> Config:
+    for key in RESTART_KEYS:
+        try:
+            before, after = _get(old, key), _get(new, key)
+        except AttributeError:  # a key this version of the config does not have
+            continue
+        if before != after:
+            log.warning("reload: %s changed (%r -> %r) but needs a restart; still using %r",
+                        key, before, after, before)
+            new = _with(new, key, before)
+    return new
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if attrs.has(type(value)):
+        out: dict[str, Any] = {}
+        for field in attrs.fields(type(value)):
+            out.update(_flatten(getattr(value, field.name), f"{prefix}{field.name}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted names of the settings that differ, with old and new values for numbers, booleans
+    and choices (never for strings and lists: URLs can carry credentials)."""
+    a, b = _flatten(old), _flatten(new)
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        if a.get(key) == b.get(key):
+            continue
+        va, vb = a.get(key), b.get(key)
+        if key == "logging.level" or (isinstance(va, int | float | bool | None)
+                                      and isinstance(vb, int | float | bool | None)):
+            out.append(f"{key} {va} -> {vb}")
+        else:
+            out.append(key)
+    return out

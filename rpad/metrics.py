@@ -1,0 +1,258 @@
+"""``GET /metrics``: the Prometheus text exposition (SPEC §3), with ``prometheus_client``.
+
+Most of rpad's numbers already live in plain counters on the parts that own them (the
+presence layer counts heartbeats and transitions, the store counts commits, the hub counts
+messages). :class:`RpadCollector` reads them at scrape time, so nothing on the hot path pays
+for a metrics library, and there is one source of truth per number. Only the commit
+histograms are observed as they happen (the store calls :meth:`Metrics.observe_commit`).
+Process metrics (CPU, memory, file descriptors, start time) come from prometheus_client's own
+collectors.
+
+Every daemon has its own :class:`prometheus_client.CollectorRegistry` (never the global one),
+so several daemons in one test process do not collide.
+
+Access: a viewer (or higher) token, unless ``metrics.public = true`` (re-read on every request,
+so a reload applies it).
+
+Error handling: a collector that fails is a bug; it raises, the app's error handler logs the
+traceback and answers a JSON 500.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+from quart import Quart, Response, request
+
+from . import __version__
+from .auth import require_role
+from .http import AppState, authenticate
+from .presence import Presence
+from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED, OFFLINE, ONLINE, UNKNOWN
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+METRICS_PATH = "/metrics"
+NAMESPACE = "rpad"
+
+# Group commits hold from one write to max_batch (2000 by default) writes.
+COMMIT_BATCH_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# A commit is one fsync: from under a millisecond on SSDs to seconds on a struggling disk.
+COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                          1.0, 2.5, 5.0)
+
+# Label values that exist from the start (a counter that is absent until its first increment
+# makes rate() and alerts awkward).
+HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "invalid", "forbidden",
+                     "storage_error")
+CLIENT_STATUSES = (ONLINE, OFFLINE, UNKNOWN)
+TRANSITIONS = {CLIENT_CONNECTED: "online", CLIENT_DISCONNECTED: "offline", CLIENT_REMOVED: "removed"}
+
+
+class HubStats(Protocol):
+    """What the metrics read from the WebSocket hub (see :mod:`rpad.hub`)."""
+
+    def metrics_snapshot(self) -> Mapping[str, Any]: ...
+
+
+class AlertStats(Protocol):
+    """What the metrics read from the alerts (see :mod:`rpad.alerts`)."""
+
+    def stats(self) -> list[dict[str, Any]]: ...
+
+
+class _ProcessCollector(ProcessCollector):
+    """prometheus_client's process collector, also under systemd's ``ProcSubset=pid``.
+
+    The library reads the boot time from ``/proc/stat``, which ``ProcSubset=pid`` hides; without
+    it, it reports nothing at all. The boot time is also "now minus CLOCK_BOOTTIME".
+    """
+
+    def _boot_time(self) -> float:
+        try:
+            btime: float = super()._boot_time()
+            if btime:
+                return btime
+        except OSError:
+            pass
+        return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+class Metrics:
+    """The daemon's metrics registry.
+
+    ``hub`` and ``alerts`` are attached by the daemon once those parts exist; until then
+    their families are simply absent.
+    """
+
+    def __init__(self, presence: Presence, store: Store, *, epoch: str,
+                 reloads: Callable[[], Mapping[str, int]] = dict) -> None:
+        self.presence = presence
+        self.store = store
+        self.epoch = epoch
+        self.reloads = reloads
+        self.hub: HubStats | None = None
+        self.alerts: AlertStats | None = None
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.commit_batch_size = Histogram(
+            "rpad_store_commit_batch_size", "Writes per SQLite group commit.",
+            buckets=COMMIT_BATCH_SIZE_BUCKETS, registry=self.registry)
+        self.commit_seconds = Histogram(
+            "rpad_store_commit_duration_seconds", "Time of one SQLite group commit (fsync included).",
+            buckets=COMMIT_SECONDS_BUCKETS, registry=self.registry)
+        _ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self.registry.register(RpadCollector(self))
+        store.on_commit = self.observe_commit
+
+    def observe_commit(self, batch_size: int, seconds: float) -> None:
+        self.commit_batch_size.observe(batch_size)
+        self.commit_seconds.observe(seconds)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format the scraper asked for (Prometheus text 0.0.4 by
+        default, OpenMetrics if the ``Accept`` header prefers it)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+
+def _counter(name: str, doc: str, label: str, values: Mapping[str, int],
+             always: Iterable[str] = ()) -> CounterMetricFamily:
+    fam = CounterMetricFamily(name, doc, labels=[label])
+    merged = {k: 0 for k in always}
+    merged.update(values)
+    for key in sorted(merged):
+        fam.add_metric([key], merged[key])
+    return fam
+
+
+class RpadCollector(Collector):
+    """Reads the daemon's own counters at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.m = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.m
+        info = GaugeMetricFamily("rpad_info", "rpad's version and this run's epoch.",
+                                 labels=["version", "epoch"])
+        info.add_metric([__version__, m.epoch], 1)
+        yield info
+        yield _counter("rpad_config_reloads", "SIGHUP reloads by result (applied or refused).",
+                       "result", m.reloads(), ("applied", "refused"))
+
+        # -- presence --------------------------------------------------------------------------
+        p = m.presence
+        yield _counter("rpad_heartbeats", "Heartbeats that reached the presence layer, by result.",
+                       "result", p.heartbeats_by_result, HEARTBEAT_RESULTS)
+        by_status = {s: 0 for s in CLIENT_STATUSES}
+        for client in p.registry:
+            by_status[client.status] = by_status.get(client.status, 0) + 1
+        clients = GaugeMetricFamily("rpad_clients", "Known clients by presence status.",
+                                    labels=["status"])
+        for status in sorted(by_status):
+            clients.add_metric([status], by_status[status])
+        yield clients
+        yield _counter("rpad_client_transitions",
+                       "Presence transitions: went online, went offline, removed.", "to",
+                       {TRANSITIONS.get(k, k.lower()): v for k, v in p.transitions.items()},
+                       TRANSITIONS.values())
+
+        # -- store -----------------------------------------------------------------------------
+        s = m.store
+        yield CounterMetricFamily("rpad_store_commits", "Successful SQLite group commits.",
+                                  value=s.commits)
+        yield CounterMetricFamily("rpad_store_commit_failures",
+                                  "Failed SQLite group commits (retried with the next batch).",
+                                  value=s.commit_failures)
+
+        # -- hub and alerts --------------------------------------------------------------------
+        if m.hub is not None:
+            yield from _hub_families(m.hub.metrics_snapshot())
+        if m.alerts is not None:
+            yield from _alert_families(m.alerts.stats())
+
+
+def _hub_families(snap: Mapping[str, Any]) -> Iterable[Metric]:
+    """Hub snapshot keys: ``connections`` (int), ``subscribers`` ({topic: n}), ``sent``,
+    ``conflated``, ``dropped`` (ints, messages), ``disconnects`` ({reason: n})."""
+    yield GaugeMetricFamily("rpad_websocket_connections", "Open WebSocket connections.",
+                            value=snap.get("connections", 0))
+    subs = GaugeMetricFamily("rpad_websocket_subscribers", "WebSocket subscriptions by topic.",
+                             labels=["topic"])
+    for topic, n in sorted(snap.get("subscribers", {}).items()):
+        subs.add_metric([topic], n)
+    yield subs
+    yield CounterMetricFamily("rpad_websocket_messages_sent",
+                              "Messages queued to WebSocket connections.",
+                              value=snap.get("sent", 0))
+    yield CounterMetricFamily("rpad_websocket_messages_conflated",
+                              "Stale SERVER_LIST/STATS_UPDATE messages replaced by a newer one.",
+                              value=snap.get("conflated", 0))
+    yield CounterMetricFamily("rpad_websocket_messages_dropped",
+                              "Messages not delivered because the connection was closed as a slow consumer.",
+                              value=snap.get("dropped", 0))
+    yield _counter("rpad_websocket_disconnects",
+                   "WebSocket connections closed by rpad, by reason.", "reason",
+                   snap.get("disconnects", {}), ("slow_consumer", "keepalive_timeout"))
+
+
+def _alert_target(name: str) -> str:
+    """A webhook URL without path and query (they can carry credentials); an email target's
+    name as it is."""
+    parts = urlsplit(name)
+    if parts.scheme and parts.hostname:
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}"
+    return name
+
+
+def _alert_families(targets: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
+    """From :meth:`rpad.alerts.Alerts.stats`: one mapping per target with ``kind``,
+    ``target``, ``delivered``, ``failed``, ``dropped``, ``queued``."""
+    totals: dict[tuple[str, str], dict[str, int]] = {}
+    for t in targets:
+        key = (str(t.get("kind", "")), _alert_target(str(t.get("target", ""))))
+        acc = totals.setdefault(key, {"delivered": 0, "failed": 0, "dropped": 0, "queued": 0})
+        for field in acc:
+            acc[field] += int(t.get(field, 0))
+    for field, name, doc, family in (
+        ("delivered", "rpad_alert_deliveries", "Alerts delivered (webhook 2xx, mail accepted).",
+         CounterMetricFamily),
+        ("failed", "rpad_alert_failures", "Alerts given up on after every attempt failed.",
+         CounterMetricFamily),
+        ("dropped", "rpad_alert_dropped", "Alerts dropped because the target's queue was full.",
+         CounterMetricFamily),
+        ("queued", "rpad_alert_queued", "Alerts waiting in the target's queue.",
+         GaugeMetricFamily),
+    ):
+        fam = family(name, doc, labels=["kind", "target"])
+        for (kind, target), acc in sorted(totals.items()):
+            fam.add_metric([kind, target], acc[field])
+        yield fam
+
+
+def add_route(app: Quart, state: AppState, metrics: Metrics) -> None:
+    """Register ``GET /metrics`` on the app (errors go through the app's JSON handler)."""
+
+    @app.get(METRICS_PATH)
+    async def metrics_endpoint() -> Response:
+        if not state.config.metrics.public:
+            principal = authenticate(state, request.headers.get("Authorization"),
+                                     request.remote_addr or "unknown")
+            require_role(principal, "viewer")
+        body, content_type = metrics.render(request.headers.get("Accept"))
+        return Response(body, status=200, content_type=content_type)
