@@ -22,7 +22,14 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .auth import AuthError, Authenticator, Principal, bearer_token, parse_ttl, require_client_access, require_role
 from .config import Config
-from .models import ValidationFailed, client_id_from_path, iso, parse_heartbeat, parse_registration
+from .models import (
+    ValidationFailed,
+    client_id_from_path,
+    has_lone_surrogate,
+    iso,
+    parse_heartbeat,
+    parse_registration,
+)
 from .presence import MAX_BATCH_HEARTBEATS, Presence
 from .registry import RateLimited, UnknownClient
 from .store import StorageUnavailable
@@ -76,7 +83,7 @@ def api_error_from(exc: BaseException) -> ApiError:
         return ApiError(404, "unknown_client", "no client with this id is registered")
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, "storage_unavailable",
-                        "the database cannot store this right now; nothing was recorded, retry later",
+                        "the database cannot commit right now; retry later",
                         headers={"Retry-After": str(STORAGE_RETRY_AFTER_SECONDS)})
     raise exc
 
@@ -138,9 +145,14 @@ def authenticate(state: AppState, authorization: str | None, peer: str) -> Princ
 
 def parse_json_body(data: bytes) -> Any:
     try:
-        return json.loads(data)
+        body = json.loads(data)
     except (ValueError, RecursionError):
         raise ApiError(400, "invalid_json", "the request body is not valid JSON") from None
+    if has_lone_surrogate(data, body):
+        raise ApiError(400, "invalid_json",
+                       "the request body holds a lone UTF-16 surrogate escape (such as \\ud800), "
+                       "which is not valid Unicode")
+    return body
 
 
 def create_app(state: AppState) -> Quart:

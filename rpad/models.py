@@ -20,6 +20,7 @@ TAG_RE = re.compile(r"[^\x00-\x1f]{1,64}")
 MAX_STRING_CHARS = 256
 MAX_METADATA_BYTES = 4096
 MAX_TAGS = 32
+NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
 # Agent clocks given as epoch numbers must fall in the years 1970 to 9999.
 MAX_EPOCH_SECONDS = 253402300799.0
 # Agents' self-reported status: a short word such as online, busy, idle, error, offline.
@@ -71,6 +72,32 @@ def parse_iso(text: str) -> float:
     return dt.timestamp()
 
 
+# A JSON \\u escape of a UTF-16 surrogate: the only way a lone surrogate gets into a parsed body.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(raw: bytes, value: Any) -> bool:
+    """True if ``value`` (parsed from the JSON text ``raw``) holds a string with a lone UTF-16
+    surrogate (``"\\ud800"``): valid JSON, but not Unicode, so it cannot be stored in SQLite or
+    sent back as UTF-8. Walks the value only when ``raw`` has a surrogate escape at all."""
+    if not _SURROGATE_ESCAPE.search(raw):
+        return False
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
+
+
 class ValidationFailed(Exception):
     """A request body with bad fields. ``details`` is ``[{"field", "message"}]``."""
 
@@ -107,7 +134,10 @@ class _Fields:
         self.seen: set[str] = set()
 
     def fail(self, name: str, message: str) -> None:
-        self.errors.append({"field": f"{self.prefix}{name}", "message": message})
+        field = f"{self.prefix}{name}"
+        if not _is_unicode(field):  # an unknown key quoted back must still encode
+            field = field.encode("utf-8", "replace").decode("utf-8")
+        self.errors.append({"field": field, "message": message})
 
     def get(self, name: str, alias: str | None = None) -> Any:
         self.seen.add(name)
@@ -132,6 +162,9 @@ class _Fields:
             return None
         if "\x00" in value:
             self.fail(name, "must not contain NUL characters")
+            return None
+        if not _is_unicode(value):
+            self.fail(name, NOT_UNICODE)
             return None
         if pattern is not None and not pattern.fullmatch(value):
             self.fail(name, what or f"must match {pattern.pattern}")
@@ -162,18 +195,31 @@ class _Fields:
             self.fail(name, f"must be a JSON object, got {_kind(value)}")
             return None
         try:
-            size = len(json.dumps(value, ensure_ascii=False, separators=(",", ":"),
-                                  allow_nan=False).encode())
+            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         except ValueError:  # NaN or Infinity, which JSON cannot carry out again
             self.fail(name, "must not contain NaN or Infinity")
             return None
         except (TypeError, RecursionError):
             self.fail(name, "must be a plain JSON object")
             return None
+        if not _is_unicode(text):
+            self.fail(name, NOT_UNICODE)
+            return None
+        size = len(text.encode("utf-8"))
         if size > max_bytes:
             self.fail(name, f"must be at most {max_bytes} bytes as JSON, got {size}")
             return None
         return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for strings JSON can carry in but UTF-8 cannot carry out (lone surrogates such as
+    ``"\\ud800"``): they would fail later, in the database or in a response."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _finite(value: Any) -> float | None:
@@ -347,7 +393,7 @@ def parse_tags(value: Any, f: _Fields) -> list[str] | None:
         return None
     tags: list[str] = []
     for i, t in enumerate(value):
-        if not isinstance(t, str) or not TAG_RE.fullmatch(t):
+        if not isinstance(t, str) or not TAG_RE.fullmatch(t) or not _is_unicode(t):
             f.fail(f"tags[{i}]", "must be a string of 1 to 64 printable characters")
         elif t not in tags:
             tags.append(t)
