@@ -33,6 +33,7 @@ from . import metrics as metrics_mod
 from .alerts import Alerts
 from .auth import Authenticator, Keys, load_keys
 from .config import Config, ConfigError
+from .dashboard import register_dashboard
 from .fastpath import HeartbeatFastPath
 from .http import AppState, AuthFailureLimiter, create_app
 from .presence import Presence
@@ -145,6 +146,7 @@ class Daemon:
         )
         self.app_state = app_state
         app = create_app(app_state)
+        register_dashboard(app, lambda: self.config, lambda: self.ws_url)
         self._app = app
         self.metrics = metrics_mod.Metrics(presence, store, epoch=self.epoch,
                                            reloads=lambda: self.reload_results)
