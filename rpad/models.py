@@ -321,8 +321,8 @@ def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
         else:
             mf = _Fields(raw_metrics, f"{prefix}metrics.", errors)
             metrics = {}
-            for key in METRIC_FIELDS:
-                v = mf.number(key, _snake(key), minimum=0, maximum=1e18)
+            for key, alias in _METRIC_ALIASES:
+                v = mf.number(key, alias, minimum=0, maximum=1e18)
                 if v is not None:
                     metrics[key] = v
             # Metrics this version does not know are ignored, so newer agents keep working.
@@ -346,6 +346,10 @@ def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
 
 def _snake(name: str) -> str:
     return re.sub(r"(?<!^)([A-Z])", r"_\1", name).lower()
+
+
+# (camelCase, snake_case) of every metric, computed once: a heartbeat is the hot path.
+_METRIC_ALIASES = tuple((key, _snake(key)) for key in METRIC_FIELDS)
 
 
 @attrs.frozen(slots=True)
