@@ -3,9 +3,10 @@
 Start-up: open the store and load the registry → bind HTTP (and the WebSocket hub) → start
 the sweeper and the committer → READY=1.
 
-Shutdown (SIGTERM/SIGINT or :meth:`Daemon.stop`): Hypercorn stops accepting and finishes
-in-flight requests (``http.graceful_timeout_seconds``) → the periodic tasks and the hub are
-cancelled (connections get 1001) → the committer is cancelled → the final commit → exit 0.
+Shutdown (SIGTERM/SIGINT or :meth:`Daemon.stop`): Hypercorn stops accepting → the periodic
+tasks (sweeper, pushers) are cancelled → the hub stops accepting and closes every connection
+with 1001 (a deadline on its handlers) → Hypercorn finishes in-flight requests
+(``http.graceful_timeout_seconds``) → the committer is cancelled → the final commit → exit 0.
 
 Error handling: an unexpected exception in any task cancels the whole nursery and propagates
 out of :meth:`Daemon.run` (the CLI logs it with its traceback and exits 1, and the service
@@ -36,11 +37,13 @@ from .config import Config, ConfigError
 from .dashboard import register_dashboard
 from .fastpath import HeartbeatFastPath
 from .http import AppState, AuthFailureLimiter, create_app
+from .hub import Hub
 from .presence import Presence
 from .registry import Registry
 from .store import Store
 from .systemd import Notifier, run_watchdog
-from .tasks import run_sweeper
+from .tasks import run_pusher, run_stats_pusher, run_sweeper
+from .ws_api import register_routes as register_hub_routes
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +81,7 @@ class Daemon:
         self.presence: Presence | None = None
         self.auth: Authenticator | None = None
         self.alerts: Alerts | None = None
+        self.hub: Hub | None = None
         self.reloads = 0
         self.reload_results: dict[str, int] = {}
         self.metrics: metrics_mod.Metrics | None = None
@@ -152,6 +156,13 @@ class Daemon:
                                            reloads=lambda: self.reload_results)
         self.metrics.alerts = self.alerts
         metrics_mod.add_route(app, app_state, self.metrics)
+        hub = Hub(cfg.websocket, auth=auth, epoch=self.epoch, wall_clock=self.wall_clock)
+        self.hub = hub
+        presence.publisher = hub
+        self.metrics.hub = hub
+        register_hub_routes(app, app_state, hub)
+        _health = app_state.extra_health
+        app_state.extra_health = lambda: {**_health(), "websocket": hub.health()}
         log.info("loaded %d clients (%d online) from %s", len(registry), registry.online_count,
                  store.path)
         if registry.grace_until:
@@ -173,10 +184,23 @@ class Daemon:
 
                 binds = await services.start(serve_http)
                 self.http_url = binds[0]
-                # The WebSocket hub and the push task start here (next: rpad.hub).
+                self.ws_url = await services.start(hub.run)
+                log.info("WebSocket hub listening on %s", self.ws_url)
+                # The periodic tasks, in one scope so that shutdown can stop them first.
+                periodic = trio.CancelScope()
+
+                async def run_periodic() -> None:
+                    with periodic:
+                        async with trio.open_nursery() as tasks:
+                            tasks.start_soon(run_sweeper, presence,
+                                             lambda: self.config.presence.check_interval_seconds)
+                            tasks.start_soon(run_pusher, hub, registry,
+                                             lambda: self.config.push.interval_seconds)
+                            tasks.start_soon(run_stats_pusher, hub,
+                                             lambda: self.config.push.stats_interval_seconds)
+
+                services.start_soon(run_periodic)
                 await services.start(self.alerts.run)
-                services.start_soon(run_sweeper, presence,
-                                    lambda: self.config.presence.check_interval_seconds)
                 if self.handle_signals:
                     services.start_soon(self._handle_signals)
                 wd = self.notifier.watchdog_seconds
@@ -191,6 +215,11 @@ class Daemon:
                 await self._stop.wait()
                 log.info("shutting down: finishing in-flight requests")
                 self.notifier.stopping()
+                # HTTP stops accepting at once (its shutdown trigger); then: the periodic tasks
+                # stop, the hub stops accepting and closes its connections with 1001 (with a
+                # deadline), hypercorn's drain ends, and the store's final commit follows.
+                periodic.cancel()
+                await hub.aclose()
                 await http_done.wait()
                 services.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
@@ -261,12 +290,20 @@ class Daemon:
         logs.reconfigure(new.logging.level, new.logging.format)
         if self.alerts is not None:
             self.alerts.reconfigure(new.alerts)
+        if self.hub is not None:
+            # Ping interval, pong timeout, limits, origins and auth timeout apply at once;
+            # queue and history sizes to new connections and topics.
+            self.hub.config = new.websocket
 
     def _status_line(self) -> str:
         if self.presence is None:
             return "starting"
         reg = self.presence.registry
-        return f"{reg.online_count} of {len(reg)} clients online"
+        line = f"{reg.online_count} of {len(reg)} clients online"
+        if self.hub is not None:
+            n = self.hub.health()["activeConnections"]
+            line += f", {n} WebSocket connection{'' if n == 1 else 's'}"
+        return line
 
     async def _report_status(self) -> None:
         """STATUS= for `systemctl status`, checked every STATUS_INTERVAL_SECONDS and sent when
@@ -280,7 +317,7 @@ class Daemon:
 
 # Settings bound at start-up: a reload keeps their running values and says so.
 RESTART_KEYS = ("state_dir", "http.listen", "http.graceful_timeout_seconds", "http.fast_path",
-                "websocket.listen", "storage.path")
+                "websocket.listen", "websocket.max_message_bytes", "storage.path")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

@@ -1,4 +1,5 @@
-"""Periodic tasks of the daemon: the sweeper (and, with the hub, the pusher).
+"""Periodic tasks of the daemon: the sweeper, the pusher (``SERVER_LIST``) and the stats pusher
+(``STATS_UPDATE``).
 
 Each runs until cancelled, on ``trio.sleep_until`` deadlines that advance by exactly one
 interval, so the cadence does not drift and tests on a fake clock see exact times.
@@ -6,12 +7,15 @@ interval, so the cadence does not drift and tests on a fake clock see exact time
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 
 import trio
 
+from .hub import STATS_UPDATE, SERVER_LIST, TOPIC_SERVERS, TOPIC_STATS, Hub
 from .presence import Presence
+from .registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -32,3 +36,56 @@ async def run_sweeper(
         events = await presence.sweep()
         if events:
             log.debug("sweep marked %d clients offline", len(events))
+
+
+async def run_pusher(
+    hub: Hub,
+    registry: Registry,
+    interval_seconds: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Publish the full client list, ``SERVER_LIST {servers: [client view, ...]}``, to the
+    ``servers`` topic every ``interval_seconds()`` while it has subscribers.
+
+    The list is built from memory (the registry, never the database) and serialized once per
+    tick, from the registry's cached per-client JSON; it is not even rebuilt when nothing
+    changed since the last tick. A new subscriber gets the current list at once from the hub.
+    (``push.mode = "delta"`` will plug in here: a builder that sends what changed since the
+    last revision.)
+    """
+    hub.register_state_topic(
+        TOPIC_SERVERS, SERVER_LIST, registry.servers_json,
+        version=lambda: (registry.revision, registry.default_timeout_seconds))
+    await _push_state(hub, TOPIC_SERVERS, interval_seconds, task_status)
+
+
+async def run_stats_pusher(
+    hub: Hub,
+    interval_seconds: Callable[[], float],
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Publish the hub's figures, ``STATS_UPDATE``, to the ``stats`` topic (admins only) every
+    ``interval_seconds()`` while it has subscribers."""
+    hub.register_state_topic(TOPIC_STATS, STATS_UPDATE, lambda: json.dumps(
+        hub.stats(), separators=(",", ":"), ensure_ascii=False))
+    await _push_state(hub, TOPIC_STATS, interval_seconds, task_status)
+
+
+async def _push_state(hub: Hub, topic: str, interval_seconds: Callable[[], float],
+                      task_status: trio.TaskStatus[None]) -> None:
+    """While nobody is subscribed this sleeps on the hub (no timer, no work). The first
+    subscriber starts a cadence of one push per interval from the moment it subscribed (it
+    got the current state at once); later subscribers join that cadence. When the last one
+    leaves, the next tick finds nobody and the task goes back to sleep."""
+    task_status.started()
+    while True:
+        await hub.wait_subscribed(topic)
+        deadline = trio.current_time()
+        while True:
+            deadline += interval_seconds()
+            await trio.sleep_until(deadline)
+            if not hub.subscribers(topic):
+                break
+            hub.publish_state(topic)

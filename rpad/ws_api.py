@@ -1,0 +1,259 @@
+"""The HTTP side of the hub (SPEC §3): ``POST /api/v1/publish`` and the WebSocket management
+API under ``/api/v1/websocket/``.
+
+Handlers are thin: check the token, validate the body (every bad field is named, unknown
+fields are refused), call :class:`~rpad.hub.Hub`, shape the JSON. Errors are the app's usual
+``{"error", "message", "details"}`` bodies (see :mod:`rpad.http`).
+
+Who may do what: publishing and notifying need the service role (or admin); everything else
+needs admin, except ``GET /api/v1/websocket/health``, which is open (it reveals only counts).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from quart import Quart, Response, request
+
+from .auth import Principal, require_role
+from .hub import (
+    MAX_PING_USER_TIMEOUT_SECONDS,
+    NOTIFICATION_LEVELS,
+    PING_USER_TIMEOUT_SECONDS,
+    RPAD_ONLY_TOPICS,
+    SYSTEM_MESSAGE,
+    TOPIC_RE,
+    TYPE_RE,
+    Hub,
+)
+from .http import ApiError, AppState, authenticate, json_response, parse_json_body
+from .models import ValidationFailed
+
+USER_ID_MAX_CHARS = 128
+TITLE_MAX_CHARS = 200
+MESSAGE_MAX_CHARS = 4000
+URL_MAX_CHARS = 2048
+REASON_MAX_CHARS = 200
+DEFAULT_DISCONNECT_REASON = "disconnected by an administrator"
+_USER_ID_RE = re.compile(r"[^\x00-\x1f]{1,128}")
+
+
+class _Body:
+    """Reads a JSON object's fields and collects problems as ``{"field", "message"}``."""
+
+    def __init__(self, data: dict[str, Any], known: tuple[str, ...]) -> None:
+        self.data = data
+        self.errors: list[dict[str, str]] = []
+        for key in data:
+            if key not in known:
+                self.fail(str(key)[:64], f"is not a known field ({', '.join(known)})")
+
+    def fail(self, field: str, message: str) -> None:
+        self.errors.append({"field": field, "message": message})
+
+    def string(self, name: str, *, required: bool = False, max_chars: int = 256,
+               pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                self.fail(name, "is required")
+            return None
+        if not isinstance(value, str):
+            self.fail(name, f"must be a string, got {_kind(value)}")
+            return None
+        if len(value) > max_chars:
+            self.fail(name, f"must be at most {max_chars} characters, got {len(value)}")
+            return None
+        if "\x00" in value:
+            self.fail(name, "must not contain NUL characters")
+            return None
+        if pattern is not None and not pattern.fullmatch(value):
+            self.fail(name, what or f"must match {pattern.pattern}")
+            return None
+        return value
+
+    def check(self) -> None:
+        if self.errors:
+            raise ValidationFailed(self.errors)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _json_data(body: _Body, name: str = "data") -> Any:
+    """Any JSON value; NaN and infinities (which Python's parser lets through) are refused."""
+    value = body.data.get(name)
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        body.fail(name, "must not contain NaN or Infinity")
+    return value
+
+
+def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
+    """Add the publish and WebSocket management routes to the app (before it is served)."""
+
+    def principal() -> Principal:
+        return authenticate(state, request.headers.get("Authorization"),
+                            request.remote_addr or "unknown")
+
+    async def body_object() -> dict[str, Any]:
+        limit = state.config.http.max_body_bytes
+        length = request.content_length
+        if length is not None and length > limit:
+            raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {limit}")
+        body = parse_json_body(await request.get_data(cache=False))
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+        return body
+
+    def path_user(user_id: str) -> str:
+        if not _USER_ID_RE.fullmatch(user_id):
+            raise ValidationFailed([{"field": "userId",
+                                     "message": "must be 1 to 128 printable characters"}])
+        return user_id
+
+    # -- publishing ----------------------------------------------------------------------------
+
+    @app.post("/api/v1/publish")
+    async def hub_publish() -> Response:
+        require_role(principal(), "service")
+        body = _Body(await body_object(), ("topic", "type", "data"))
+        topic = body.string("topic", required=True, pattern=TOPIC_RE,
+                            what=f"must be a topic name matching {TOPIC_RE.pattern}")
+        type_ = body.string("type", required=True, pattern=TYPE_RE,
+                            what=f"must be a message type matching {TYPE_RE.pattern}")
+        data = _json_data(body)
+        body.check()
+        assert topic is not None and type_ is not None
+        if topic in RPAD_ONLY_TOPICS:
+            raise ApiError(403, "forbidden", f"only rpad itself publishes to the {topic} topic")
+        seq, delivered = hub.publish(topic, type_, data)
+        return json_response({"topic": topic, "type": type_, "seq": seq, "delivered": delivered})
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @app.get("/api/v1/websocket/stats")
+    async def hub_stats() -> Response:
+        require_role(principal(), "admin")
+        return json_response(hub.stats())
+
+    @app.get("/api/v1/websocket/connections")
+    async def hub_connections() -> Response:
+        require_role(principal(), "admin")
+        conns = hub.connections()
+        return json_response({"connections": conns, "total": len(conns)})
+
+    @app.get("/api/v1/websocket/users/<user_id>/connections")
+    async def hub_user_connections(user_id: str) -> Response:
+        require_role(principal(), "admin")
+        uid = path_user(user_id)
+        conns = hub.connections(uid)
+        return json_response({"userId": uid, "connections": conns, "total": len(conns)})
+
+    @app.get("/api/v1/websocket/online-users")
+    async def hub_online_users() -> Response:
+        require_role(principal(), "admin")
+        users = hub.online_users()
+        return json_response({"users": users, "total": len(users)})
+
+    @app.get("/api/v1/websocket/health")
+    async def hub_health() -> Response:
+        body = hub.health()
+        return json_response(body, 200 if body["accepting"] else 503)
+
+    # -- acting --------------------------------------------------------------------------------
+
+    @app.post("/api/v1/websocket/broadcast")
+    async def hub_broadcast() -> Response:
+        require_role(principal(), "admin")
+        body = _Body(await body_object(), ("type", "data"))
+        type_ = body.string("type", pattern=TYPE_RE,
+                            what=f"must be a message type matching {TYPE_RE.pattern}")
+        if "data" not in body.data:
+            body.fail("data", "is required")
+        data = _json_data(body)
+        body.check()
+        type_ = type_ or SYSTEM_MESSAGE
+        seq, delivered = hub.broadcast(type_, data)
+        return json_response({"type": type_, "topic": "system", "seq": seq,
+                              "delivered": delivered})
+
+    @app.post("/api/v1/websocket/notify")
+    async def hub_notify() -> Response:
+        require_role(principal(), "service")
+        body = _Body(await body_object(), ("userId", "topic", "title", "message", "level",
+                                           "actionUrl", "autoClose"))
+        user_id = body.string("userId", max_chars=USER_ID_MAX_CHARS, pattern=_USER_ID_RE,
+                              what="must be 1 to 128 printable characters")
+        topic = body.string("topic", pattern=TOPIC_RE,
+                            what=f"must be a topic name matching {TOPIC_RE.pattern}")
+        if user_id is not None and topic is not None:
+            body.fail("topic", "give userId or topic, not both")
+        if topic in RPAD_ONLY_TOPICS:
+            body.fail("topic", f"only rpad itself publishes to the {topic} topic")
+        title = body.string("title", required=True, max_chars=TITLE_MAX_CHARS)
+        message = body.string("message", required=True, max_chars=MESSAGE_MAX_CHARS)
+        level = body.string("level") or "info"
+        if level not in NOTIFICATION_LEVELS:
+            body.fail("level", f"must be one of {', '.join(NOTIFICATION_LEVELS)}")
+        action_url = body.string("actionUrl", max_chars=URL_MAX_CHARS)
+        auto_close = body.data.get("autoClose")
+        if auto_close is not None and (
+                not isinstance(auto_close, bool | int | float)
+                or (not isinstance(auto_close, bool) and not 0 <= auto_close <= 86400)):
+            body.fail("autoClose", "must be true, false, or a number of seconds from 0 to 86400")
+        body.check()
+        assert title is not None and message is not None
+        note, delivered = hub.notify(title=title, message=message, level=level,
+                                     action_url=action_url, auto_close=auto_close,
+                                     user_id=user_id, topic=topic)
+        where: dict[str, Any] = ({"userId": user_id} if user_id is not None
+                                 else {"topic": topic or "notifications"})
+        return json_response({"notification": note, **where, "delivered": delivered})
+
+    @app.post("/api/v1/websocket/users/disconnect")
+    async def hub_disconnect_user() -> Response:
+        require_role(principal(), "admin")
+        body = _Body(await body_object(), ("userId", "reason"))
+        user_id = body.string("userId", required=True, pattern=_USER_ID_RE,
+                              what="must be 1 to 128 printable characters")
+        reason = body.string("reason", max_chars=REASON_MAX_CHARS)
+        body.check()
+        assert user_id is not None
+        n = hub.disconnect_user(user_id, reason or DEFAULT_DISCONNECT_REASON)
+        return json_response({"userId": user_id, "disconnected": n})
+
+    @app.post("/api/v1/websocket/ping/<user_id>")
+    async def hub_ping_user(user_id: str) -> Response:
+        require_role(principal(), "admin")
+        uid = path_user(user_id)
+        raw = request.args.get("timeoutSeconds")
+        timeout = PING_USER_TIMEOUT_SECONDS
+        if raw is not None:
+            try:
+                timeout = float(raw)
+                if not 0 < timeout <= MAX_PING_USER_TIMEOUT_SECONDS:
+                    raise ValueError
+            except ValueError:
+                raise ValidationFailed([{
+                    "field": "timeoutSeconds",
+                    "message": f"must be a number of seconds above 0 and at most "
+                               f"{MAX_PING_USER_TIMEOUT_SECONDS:g}"}]) from None
+        if not hub.connections(uid):
+            raise ApiError(404, "not_connected", "this user has no open WebSocket connection")
+        results = await hub.ping_user(uid, timeout)
+        return json_response({"userId": uid, "results": results})
