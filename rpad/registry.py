@@ -232,13 +232,16 @@ class Registry:
     def check_rate(self, client_id: str, reported_status: str, now: float) -> None:
         """Raise RateLimited if this heartbeat comes too soon after the previous one.
 
-        A clean shutdown (``status: "offline"``) is never rate limited.
+        A clean shutdown (``status: "offline"``) is never rate limited, and neither is the
+        first heartbeat after the wall clock was stepped back past the previous one (the agent
+        would otherwise be refused until the clock caught up again, for hours or days).
         """
         client = self._clients.get(client_id)
         if client is None or client.last_heartbeat_at is None or reported_status == OFFLINE:
             return
-        wait = client.last_heartbeat_at + self.min_interval_seconds - now
-        if wait > 0:
+        last = client.last_heartbeat_at
+        wait = last + self.min_interval_seconds - now
+        if wait > 0 and now >= last:
             raise RateLimited(wait)
 
     def heartbeat(self, hb: Heartbeat, now: float, *, peer_address: str | None = None) -> HeartbeatOutcome:
@@ -346,6 +349,12 @@ class Registry:
             if client.status != ONLINE:
                 continue
             last = client.last_heartbeat_at
+            if last is not None and last > now:
+                # The wall clock was stepped back: a heartbeat "from the future" counts as
+                # having arrived now, so a silent client still goes offline one timeout later
+                # instead of when the clock catches up.
+                client.last_heartbeat_at = last = now
+                self._bump(client)
             if last is None or now - last > client.effective_timeout(default):
                 self._set_status(client, OFFLINE)
                 client.offline_since = now
