@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,13 @@ from rpad.systemd import Notifier
 
 from .conftest import FAKE_WALL_ORIGIN, fake_wall_clock, start_daemon
 from .test_alerts import HttpReceiver
-from .test_systemd import NotifyListener, listener  # noqa: F401  (the fixture)
+from .test_systemd import (  # noqa: F401  (listener: the fixture)
+    AUTOJUMP_THRESHOLD_SECONDS,
+    NotifyListener,
+    fake_time_ticker,
+    listener,
+)
+from .wsclient import ws_connect
 
 REPO = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT_SECONDS = 60
@@ -178,7 +185,8 @@ async def test_sighup_reload_end_to_end(tmp_path: Path, listener: NotifyListener
 
     with trio.fail_after(PROCESS_TIMEOUT_SECONDS):
         async with ServeProcess(cfg, tmp_path, listener) as rpad:
-            async with httpx.AsyncClient(base_url=rpad.http_url, timeout=10) as http:
+            async with httpx.AsyncClient(base_url=rpad.http_url, timeout=10) as http, \
+                    AsyncExitStack() as stack:
 
                 async def beat(token: str, client: str = "robot-1", **fields: Any) -> httpx.Response:
                     return await http.post("/api/v1/client/heartbeat",
@@ -187,6 +195,12 @@ async def test_sighup_reload_end_to_end(tmp_path: Path, listener: NotifyListener
 
                 r = await beat(token_a)
                 assert r.status_code == 200 and r.json()["timeoutSeconds"] == 60
+                # A dashboard connected with a token signed by A stays connected through the
+                # whole rotation.
+                assert rpad.ws_url is not None
+                dashboard = await stack.enter_async_context(
+                    ws_connect(rpad.ws_url, token=a.mint(role="viewer", sub="ops", ttl_seconds=3600)))
+                await dashboard.subscribe("client_status")
                 assert (await http.get("/metrics")).status_code == 401
 
                 # 1. Rotation, first step: B signs, A still verifies. New timeout, metrics open,
@@ -217,6 +231,11 @@ async def test_sighup_reload_end_to_end(tmp_path: Path, listener: NotifyListener
                 r = await beat(token_a)
                 assert r.status_code == 401 and r.json()["error"] == "unauthorized"
                 assert (await beat(token_b)).status_code == 200
+                assert (await beat(token_b, "robot-3")).status_code == 200
+                while True:  # the A-signed dashboard is still there and gets the news
+                    msg = await dashboard.recv()
+                    if msg["type"] == "CLIENT_CONNECTED" and msg["data"]["clientId"] == "robot-3":
+                        break
 
                 # 3. An invalid file is refused with the reason; the old config stays in force.
                 write_config(cfg, state, base_config(tmp_path, secret="b.secret", timeout=-5))
@@ -326,7 +345,8 @@ async def test_reload_applies_the_sweep_interval_on_the_fake_clock(
     """check_interval 30 s → 5 s by reload: the sweep after the one already scheduled comes 5 s
     later, so a client that goes silent is marked offline at the first 5 s sweep after its
     timeout, exactly."""
-    autojump_clock.autojump_threshold = 0.01  # see test_systemd: waits on SQLite's thread
+    autojump_clock.autojump_threshold = AUTOJUMP_THRESHOLD_SECONDS  # see test_systemd
+    nursery.start_soon(fake_time_ticker)
     cfg_file = tmp_path / "rpad.toml"
     listen = '[http]\nlisten = "127.0.0.1:0"\n[websocket]\nlisten = "127.0.0.1:0"\n'
     write_config(cfg_file, tmp_path / "state", listen +

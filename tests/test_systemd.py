@@ -31,6 +31,7 @@ from rpad.daemon import STATUS_INTERVAL_SECONDS, Daemon
 from rpad.systemd import Notifier, run_watchdog, watchdog_interval_seconds
 
 from .conftest import fake_wall_clock, need_tool, start_daemon
+from .wsclient import ws_connect
 
 REPO = Path(__file__).resolve().parent.parent
 UNITS = ("rpad.service", "rpad-agent.service")
@@ -221,18 +222,17 @@ async def test_ready_only_after_listeners_bound_and_store_loaded(
         # Nothing but watchdog pings before READY=1.
         assert all(set(m) <= {"WATCHDOG"} for _, m in listener.received[:index])
         assert seen["clients"] == 1
-        assert seen["status"] == "1 of 1 clients online"
+        assert seen["status"] == "1 of 1 clients online, 0 WebSocket connections"
         http_url = seen["http_url"]
         assert isinstance(http_url, str) and http_url.startswith("http://127.0.0.1:")
         async with httpx.AsyncClient() as client:
             r = await client.get(f"{http_url}/api/v1/health")
             assert r.status_code == 200
-        ws_url = seen["ws_url"]
-        if ws_url is not None:  # the hub's listener is bound too
-            m = re.match(r"wss?://(\[[^]]+\]|[^:/]+):(\d+)", str(ws_url))
-            assert m, ws_url
-            stream = await trio.open_tcp_stream(m.group(1).strip("[]"), int(m.group(2)))
-            await stream.aclose()
+        ws_url = seen["ws_url"]  # the hub's listener is bound too
+        m = re.match(r"ws://(127\.0\.0\.1):(\d+)/ws$", str(ws_url))
+        assert m, ws_url
+        stream = await trio.open_tcp_stream(m.group(1), int(m.group(2)))
+        await stream.aclose()
         daemon.stop()
         _, msg = await listener.wait_for("STOPPING", index + 1)
         assert msg == {"STOPPING": "1"}
@@ -259,15 +259,22 @@ async def test_watchdog_status_reload_and_stop_from_the_daemon(
         d = await start_daemon(nursery, config_mod.load(cfg_file), notifier=notifier,
                                config_path=str(cfg_file), wall_clock=fake_wall_clock())
         i_ready, ready = await listener.wait_for("READY")
-        assert ready["STATUS"] == "0 of 0 clients online"
+        assert ready["STATUS"] == "0 of 0 clients online, 0 WebSocket connections"
 
-        # A client comes online: the next status check says so, within one interval.
+        # A client comes online, a dashboard connects and goes: each time the next status check
+        # (within one interval) says so.
         r = await d.heartbeat("robot-1")
         assert r.status_code == 200
-        beat_at = trio.current_time()
+        changed_at = trio.current_time()
         i_status, status = await listener.wait_for("STATUS", i_ready + 1)
-        assert status["STATUS"].startswith("1 of 1 clients online")
-        assert listener.received[i_status][0] - beat_at <= STATUS_INTERVAL_SECONDS
+        assert status["STATUS"] == "1 of 1 clients online, 0 WebSocket connections"
+        assert listener.received[i_status][0] - changed_at <= STATUS_INTERVAL_SECONDS
+        assert d.ws_url is not None
+        async with ws_connect(d.ws_url, token=d.token("viewer", "ops")):
+            i_status, status = await listener.wait_for("STATUS", i_status + 1)
+            assert status["STATUS"] == "1 of 1 clients online, 1 WebSocket connection"
+        i_status, status = await listener.wait_for("STATUS", i_status + 1)
+        assert status["STATUS"] == "1 of 1 clients online, 0 WebSocket connections"
 
         await trio.sleep(60)
         pings = [t for t, m in listener.received if "WATCHDOG" in m]
