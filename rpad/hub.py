@@ -320,7 +320,9 @@ class _StateTopic:
     # A cheap value that changes whenever build_json() would return something else (optional).
     version: Callable[[], object] | None
     cached: tuple[object, str] | None = None
+    # How often the state was serialized, and how often it was published to the topic.
     builds: int = 0
+    pushes: int = 0
 
 
 class Hub:
@@ -895,15 +897,18 @@ class Hub:
 
     # -- publishing ----------------------------------------------------------------------------
 
-    def publish(self, topic: str, type_: str, data: Any) -> tuple[int, int]:
-        """Publish to a topic's subscribers; returns (seq, connections reached).
+    def publish(self, topic: str, type_: str, data: Any, *,
+                at: float | None = None) -> tuple[int, int]:
+        """Publish to a topic's subscribers; returns (seq, connections reached). ``at``: when
+        it happened (wall clock; default now), the envelope's ``ts``.
 
         Serialized once. Raises ValueError/TypeError for data that is not JSON (nothing is
         published then)."""
         data_json = _dumps(data)
         t = self._topic(topic)
         t.seq += 1
-        text = envelope(type_, topic, t.seq, iso(self.wall_clock()), data_json)
+        text = envelope(type_, topic, t.seq, iso(self.wall_clock() if at is None else at),
+                        data_json)
         if t.history is not None:
             t.history.append((t.seq, text))
         self.messages_published += 1
@@ -954,16 +959,18 @@ class Hub:
         t.seq += 1
         text = envelope(state.type, topic, t.seq, iso(self.wall_clock()), data_json)
         self.messages_published += 1
+        state.pushes += 1
         return self._fanout(t, state.type, text)
 
     def publish_events(self, events: Sequence[Event]) -> None:
-        """presence.Publisher: registry events to ``client_status`` and ``heartbeat``, and a
-        NOTIFICATION when a client goes offline or comes back."""
+        """presence.Publisher: registry events to ``client_status`` and ``heartbeat`` (``ts``
+        is when the event happened), and a NOTIFICATION when a client goes offline or comes
+        back."""
         for ev in events:
             if ev.type == HEARTBEAT_RECEIVED:
-                self.publish(TOPIC_HEARTBEAT, ev.type, ev.data)
+                self.publish(TOPIC_HEARTBEAT, ev.type, ev.data, at=ev.at)
                 continue
-            self.publish(TOPIC_CLIENT_STATUS, ev.type, ev.data)
+            self.publish(TOPIC_CLIENT_STATUS, ev.type, ev.data, at=ev.at)
             name = ev.data.get("name") or ev.client_id
             if ev.type == CLIENT_DISCONNECTED:
                 why = {"timeout": "no heartbeat within its timeout",
@@ -1094,6 +1101,7 @@ class Hub:
             "subscribersPerTopic": {name: len(t.subscribers)
                                     for name, t in sorted(self._topics.items()) if t.subscribers},
             "topics": len(self._topics),
+            "serverListPushes": servers.pushes if servers is not None else 0,
             "serverListBuilds": servers.builds if servers is not None else 0,
             "queueSize": self.config.queue_size,
             "historySize": self.config.history_size,
