@@ -123,6 +123,29 @@ def _read_secret(key: str, path: Path) -> bytes:
     return data
 
 
+def _create_durably(path: Path, data: bytes) -> None:
+    """Create ``path`` (mode 0600) holding ``data``, all or nothing, and on disk before this
+    returns: written to a temporary file, fsynced, linked into place (FileExistsError if the
+    path exists), and the directory fsynced. Tokens are signed with this secret as soon as
+    rpad starts; after a crash or power loss it must not come back empty."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
     """Read the configured keys. With no secret file configured, use the systemd credential
     ``jwt.secret`` if there is one, else ``<state_dir>/jwt.secret``, generated (mode 0600) on
@@ -142,9 +165,9 @@ def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
                     raise ValueError(f"{path} does not exist yet: start `rpad serve` once, or set auth.secret_file")
                 try:
                     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                    with os.fdopen(fd, "w") as f:
-                        f.write(pysecrets.token_urlsafe(SECRET_BYTES) + "\n")
+                    _create_durably(path, (pysecrets.token_urlsafe(SECRET_BYTES) + "\n").encode())
+                except FileExistsError:
+                    pass  # another process created it first: use theirs
                 except OSError as exc:
                     raise ValueError(
                         f"state_dir: cannot create the JWT secret {path}: {exc.strerror or exc}"

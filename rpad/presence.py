@@ -148,7 +148,10 @@ class Presence:
         try:
             await self.store.durable()
         except StorageUnavailable:
+            # Not acknowledged (503), but the registry has changed and the store retries the
+            # write: announce the transition now, or it would never be announced at all.
             self._count("storage_error")
+            self._emit(events)
             raise
         self._count("accepted")
         self._emit(events)
@@ -201,6 +204,7 @@ class Presence:
             except StorageUnavailable:
                 for _ in accepted:
                     self._count("storage_error")
+                self._emit(all_events)  # as in heartbeat(): the registry has changed
                 raise
         for _ in accepted:
             self._count("accepted")
@@ -214,8 +218,10 @@ class Presence:
         client, events, created = self.registry.register(reg, now)
         self.store.put_client(client)
         self._stage(events)
-        await self.store.durable()
-        self._emit(events)
+        try:
+            await self.store.durable()
+        finally:  # announced even on StorageUnavailable: the registry has changed
+            self._emit(events)
         return self.registry.view(client), created
 
     async def remove(self, client_id: str) -> dict[str, Any]:
@@ -223,8 +229,10 @@ class Presence:
         events = self.registry.remove(client_id, now)
         self.store.delete_client(client_id)
         self._stage(events)
-        await self.store.durable()
-        self._emit(events)
+        try:
+            await self.store.durable()
+        finally:  # announced even on StorageUnavailable: the registry has changed
+            self._emit(events)
         log.info("client %s removed", client_id)
         return events[0].data
 

@@ -33,6 +33,13 @@ log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
+# After a failed commit: the first retry comes this soon (new writes are tried no sooner), and
+# retries with nothing new staged back off, doubling, to at most this interval.
+RETRY_MIN_SECONDS = 0.1
+RETRY_MAX_SECONDS = 2.0
+# While commits keep failing, one log line per this interval (not one per attempt).
+FAILURE_LOG_INTERVAL_SECONDS = 30.0
+
 # Forward migrations: MIGRATIONS[i] upgrades a database of user_version i to i + 1.
 MIGRATIONS: list[str] = [
     """
@@ -167,6 +174,11 @@ class Store:
         self._wakeup = trio.Event()
         self._full = trio.Event()
         self._closed = False
+        # Storage failure state: since when commits fail (trio time), the next retry delay.
+        self.failing_since: float | None = None
+        self._retry_delay = RETRY_MIN_SECONDS
+        self._failure_logged_at = 0.0
+        self._failed_attempts = 0
         # Counters for metrics.
         self.commits = 0
         self.commit_failures = 0
@@ -300,13 +312,25 @@ class Store:
                 await trio.to_thread.run_sync(self._apply, batch)
             except sqlite3.Error as exc:
                 self.commit_failures += 1
-                log.error("commit of %d writes failed, will retry: %s", batch.size, exc)
+                self._log_failure(batch.size, exc)
                 batch.error = exc
                 batch.merge_under(self._batch)  # retried with the next batch
-                self._wakeup.set()
                 batch.done.set()
-                await trio.sleep(max(self.commit_interval_seconds, 0.1))
+                # Retry soon when new writes are waiting (their requests want an answer), else
+                # back off; either way, the storage's recovery is noticed without a restart.
+                await trio.sleep(max(self.commit_interval_seconds, RETRY_MIN_SECONDS))
+                with trio.move_on_after(self._retry_delay):
+                    await self._wakeup.wait()
+                self._retry_delay = min(2 * self._retry_delay, RETRY_MAX_SECONDS)
+                self._wakeup.set()
                 continue
+            if self.failing_since is not None:
+                log.warning("storage recovered: committed %d pending writes after %.1f s of "
+                            "failures (%d attempts)", batch.size,
+                            trio.current_time() - self.failing_since, self._failed_attempts)
+                self.failing_since = None
+                self._retry_delay = RETRY_MIN_SECONDS
+                self._failed_attempts = 0
             elapsed = trio.current_time() - started
             self.commits += 1
             self.last_batch_size = batch.size
@@ -369,5 +393,21 @@ class Store:
         return rows
 
     async def history(self, client_id: str, limit: int = 100) -> list[tuple[float, str, str | None]]:
-        """The client's status history, newest first."""
-        return await trio.to_thread.run_sync(self._history, client_id, limit)
+        """The client's status history, newest first. Raises StorageUnavailable."""
+        try:
+            return await trio.to_thread.run_sync(self._history, client_id, limit)
+        except sqlite3.Error as exc:
+            log.error("reading the history of %s failed: %s", client_id, exc)
+            raise StorageUnavailable(str(exc)) from None
+
+    def _log_failure(self, size: int, exc: sqlite3.Error) -> None:
+        """The first failure at once, then one line per FAILURE_LOG_INTERVAL_SECONDS."""
+        now = trio.current_time()
+        self._failed_attempts += 1
+        if self.failing_since is None:
+            self.failing_since = now
+        elif now - self._failure_logged_at < FAILURE_LOG_INTERVAL_SECONDS:
+            return
+        self._failure_logged_at = now
+        log.error("commit of %d writes failed (%d attempts in %.1f s), retrying: %s", size,
+                  self._failed_attempts, now - self.failing_since, exc)
