@@ -47,7 +47,11 @@ class ServeProcess:
     at a :class:`NotifyListener`, stderr in a file and the listen URLs read from stdout."""
 
     def __init__(self, config_path: Path, workdir: Path, listener: NotifyListener,
-                 env: dict[str, str] | None = None, stderr_path: Path | None = None) -> None:
+                 env: dict[str, str] | None = None, stderr_path: Path | None = None,
+                 command: list[str] | None = None) -> None:
+        # Default: this checkout's rpad, run by this interpreter.
+        self.command = command or [sys.executable, "-m", "rpad"]
+        self.from_checkout = command is None
         self.config_path = config_path
         self.workdir = workdir
         self.listener = listener
@@ -63,7 +67,10 @@ class ServeProcess:
                if k not in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
                             "STATE_DIRECTORY", "CREDENTIALS_DIRECTORY")}
         env["NOTIFY_SOCKET"] = self.listener.address
-        env["PYTHONPATH"] = str(REPO)
+        if self.from_checkout:
+            env["PYTHONPATH"] = str(REPO)
+        else:
+            env.pop("PYTHONPATH", None)
         env.update(self.extra_env)
         return env
 
@@ -71,7 +78,7 @@ class ServeProcess:
         """Start it and wait for READY=1 and the URLs it prints."""
         with open(self.stderr_path, "wb") as err:
             self.proc = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "rpad", "serve", "--config", str(self.config_path)],
+                [*self.command, "serve", "--config", str(self.config_path)],
                 stdout=subprocess.PIPE, stderr=err, env=self.environ(), cwd=self.workdir)
         await self.listener.wait_for("READY")
         assert self.proc.stdout is not None
