@@ -63,14 +63,14 @@ import math
 import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import Any, Union
+from typing import Any, ClassVar
 from urllib.parse import parse_qs
 
 import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from .auth import AuthError, Authenticator, Principal, bearer_token
+from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
 from .models import iso
 from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, HEARTBEAT_RECEIVED, Event
@@ -217,7 +217,7 @@ class _Batch:
         self.texts = texts
 
 
-_Item = Union[str, _Slot, _Batch]
+_Item = str | _Slot | _Batch
 
 
 @attrs.define(eq=False)
@@ -300,7 +300,7 @@ class Connection:
 
 
 class _Topic:
-    __slots__ = ("name", "seq", "history", "subscribers", "active")
+    __slots__ = ("active", "history", "name", "seq", "subscribers")
 
     def __init__(self, name: str, history_size: int | None) -> None:
         self.name = name
@@ -824,7 +824,7 @@ class Hub:
         seq, delivered = self.publish(topic, type_, msg.get("data"))
         self._reply(c, PUBLISHED, {"topic": topic, "seq": seq, "delivered": delivered})
 
-    _actions: dict[str, Callable[[Hub, Connection, dict[str, Any]], None]] = {
+    _actions: ClassVar[dict[str, Callable[[Hub, Connection, dict[str, Any]], None]]] = {
         "auth": _on_auth,
         "subscribe": _on_subscribe,
         "unsubscribe": _on_unsubscribe,

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from .hub import STATS_UPDATE, SERVER_LIST, TOPIC_SERVERS, TOPIC_STATS, Hub
+from .hub import SERVER_LIST, STATS_UPDATE, TOPIC_SERVERS, TOPIC_STATS, Hub
 from .presence import Presence
 from .registry import Registry
 

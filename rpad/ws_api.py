@@ -18,6 +18,7 @@ from typing import Any
 from quart import Quart, Response, request
 
 from .auth import Principal, require_role
+from .http import ApiError, AppState, authenticate, json_response, parse_json_body
 from .hub import (
     MAX_PING_USER_TIMEOUT_SECONDS,
     NOTIFICATION_LEVELS,
@@ -28,7 +29,6 @@ from .hub import (
     TYPE_RE,
     Hub,
 )
-from .http import ApiError, AppState, authenticate, json_response, parse_json_body
 from .models import ValidationFailed
 
 USER_ID_MAX_CHARS = 128
@@ -115,7 +115,8 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
         length = request.content_length
         if length is not None and length > limit:
             raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {limit}")
-        body = parse_json_body(await request.get_data(cache=False))
+        data = await request.get_data(cache=False, as_text=False)
+        body = parse_json_body(data.encode() if isinstance(data, str) else data)
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "the request body must be a JSON object")
         return body

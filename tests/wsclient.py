@@ -169,7 +169,7 @@ async def _open(url: str, *, headers: list[tuple[bytes, bytes]], message_queue_s
 
 @asynccontextmanager
 async def ws_connect(
-    base_url: str,
+    base_url: str | None,
     *,
     token: str | None = None,
     header_token: str | None = None,
@@ -180,6 +180,7 @@ async def ws_connect(
     message_queue_size: int = 1024,
     extra_headers: list[tuple[bytes, bytes]] | None = None,
 ) -> AsyncIterator[Ws]:
+    assert base_url is not None, "the daemon has no WebSocket URL"
     headers = list(extra_headers or [])
     if header_token is not None:
         headers.append((b"Authorization", f"Bearer {header_token}".encode()))
@@ -196,10 +197,11 @@ async def ws_connect(
 
 
 @asynccontextmanager
-async def ws_connect_stalled(base_url: str, *, token: str) -> AsyncIterator[Ws]:
+async def ws_connect_stalled(base_url: str | None, *, token: str) -> AsyncIterator[Ws]:
     """A connection whose reader stops after the first message it receives until the test
     calls ``recv`` (trio-websocket's queue of size 0), with a socket receive buffer of
     ``STALLED_RCVBUF_BYTES`` set before connecting, so the server's side backs up quickly."""
+    assert base_url is not None, "the daemon has no WebSocket URL"
     async with _open(_url(base_url, None, token), headers=[], message_queue_size=0,
                      rcvbuf=STALLED_RCVBUF_BYTES, close_handshake=False) as conn:
         yield Ws(conn)
