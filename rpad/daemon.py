@@ -27,9 +27,8 @@ import trio
 from hypercorn.config import Config as HyperConfig
 from hypercorn.trio import serve as hypercorn_serve
 
-from . import __version__
+from . import __version__, logs
 from . import config as config_mod
-from . import logs
 from . import metrics as metrics_mod
 from .alerts import Alerts
 from .auth import Authenticator, Keys, load_keys

@@ -39,7 +39,14 @@ from . import __version__
 from .auth import require_role
 from .http import AppState, authenticate
 from .presence import Presence
-from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED, OFFLINE, ONLINE, UNKNOWN
+from .registry import (
+    CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED,
+    CLIENT_REMOVED,
+    OFFLINE,
+    ONLINE,
+    UNKNOWN,
+)
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -82,7 +89,7 @@ class _ProcessCollector(ProcessCollector):
 
     def _boot_time(self) -> float:
         try:
-            btime: float = super()._boot_time()
+            btime: float = super()._boot_time()  # type: ignore[no-untyped-call]
             if btime:
                 return btime
         except OSError:

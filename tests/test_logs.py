@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -22,10 +23,16 @@ from rpad import logs
 from rpad.auth import Authenticator, Keys
 
 from .test_reload import PROCESS_TIMEOUT_SECONDS, ServeProcess
-from .test_systemd import NotifyListener, listener  # noqa: F401  (the fixture)
+from .test_systemd import NotifyListener, notify_listener
 from .wsclient import ws_connect
 
 SECRET = b"log-test-secret-0123456789abcdef012345"
+
+
+@pytest.fixture
+async def listener(nursery: trio.Nursery) -> AsyncIterator[NotifyListener]:
+    async with notify_listener(nursery) as lst:
+        yield lst
 
 
 def record(msg: str, level: int = logging.INFO, name: str = "rpad.test",
@@ -44,7 +51,7 @@ def record(msg: str, level: int = logging.INFO, name: str = "rpad.test",
 
 def test_redact_removes_tokens_in_every_form() -> None:
     token = Authenticator(Keys([SECRET], [])).mint(role="admin", sub="root", ttl_seconds=60)
-    header, payload, signature = token.split(".")
+    _header, payload, signature = token.split(".")
     cases = [
         f"GET /ws?token={token} HTTP/1.1",
         f"GET /ws?topic=x&token={token}&since=3",

@@ -48,7 +48,7 @@ def self_signed(tmp: Path) -> tuple[Path, Path]:
     """A throwaway certificate for 127.0.0.1 and rpad.example.com."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "rpad test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name)
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -107,13 +107,13 @@ def site_config(tmp: Path, *, tls_port: int, plain_port: int, http_port: int, ws
 
 @asynccontextmanager
 async def running_nginx(nginx: str, tmp: Path, conf: Path, port: int) -> AsyncIterator[None]:
-    check = subprocess.run([nginx, "-t", "-p", str(tmp), "-c", str(conf), "-e",
-                            str(tmp / "error.log")], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    with open(tmp / "nginx.out", "wb") as out:
-        proc = await trio.lowlevel.open_process(
-            [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
-            stdout=out, stderr=subprocess.STDOUT)
+    check = await trio.run_process(
+        [nginx, "-t", "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        capture_stdout=True, capture_stderr=True, check=False)
+    assert check.returncode == 0, check.stderr.decode()
+    proc = await trio.lowlevel.open_process(
+        [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         with trio.fail_after(NGINX_START_TIMEOUT_SECONDS):
             while True:  # until it accepts connections (an external process: nothing to await)

@@ -13,13 +13,15 @@ import shutil
 import subprocess
 import sys
 import zipfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 
 from .test_reload import ServeProcess
-from .test_systemd import NotifyListener, listener  # noqa: F401  (the fixture)
+from .test_systemd import NotifyListener, notify_listener
 
 REPO = Path(__file__).resolve().parent.parent
 # Building, then installing the dependencies (from pip's cache after the first time).
@@ -27,8 +29,15 @@ BUILD_TIMEOUT_SECONDS = 300
 SERVE_TIMEOUT_SECONDS = 60
 
 
+@pytest.fixture
+async def listener(nursery: trio.Nursery) -> AsyncIterator[NotifyListener]:
+    async with notify_listener(nursery) as lst:
+        yield lst
+
+
 def run(args: list[str], cwd: Path, timeout: float = BUILD_TIMEOUT_SECONDS) -> str:
-    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    res = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+                         check=False)
     assert res.returncode == 0, f"{args}:\n{res.stdout}\n{res.stderr}"
     return res.stdout
 
@@ -65,7 +74,7 @@ async def test_wheel_installs_into_a_fresh_venv_and_serves(
         entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
         assert "rpad = rpad.cli:main" in zf.read(entry_points).decode()
         metadata = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-        assert re.search(r"^Requires-Dist: prometheus-client", metadata, re.M)
+        assert re.search(r"^Requires-Dist: prometheus-client", metadata, re.MULTILINE)
 
     venv = tmp_path / "venv"
     await trio.to_thread.run_sync(lambda: run([sys.executable, "-m", "venv", str(venv)],

@@ -11,10 +11,10 @@ import re
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import pytest
@@ -28,11 +28,11 @@ from rpad.systemd import Notifier
 
 from .conftest import FAKE_WALL_ORIGIN, fake_wall_clock, start_daemon
 from .test_alerts import HttpReceiver
-from .test_systemd import (  # noqa: F401  (listener: the fixture)
+from .test_systemd import (
     AUTOJUMP_THRESHOLD_SECONDS,
     NotifyListener,
     fake_time_ticker,
-    listener,
+    notify_listener,
 )
 from .wsclient import ws_connect
 
@@ -40,6 +40,12 @@ REPO = Path(__file__).resolve().parent.parent
 PROCESS_TIMEOUT_SECONDS = 60
 SECRET_A = b"secret-a-0123456789abcdef0123456789"
 SECRET_B = b"secret-b-fedcba9876543210fedcba9876"
+
+
+@pytest.fixture
+async def listener(nursery: trio.Nursery) -> AsyncIterator[NotifyListener]:
+    async with notify_listener(nursery) as lst:
+        yield lst
 
 
 class ServeProcess:
@@ -76,10 +82,13 @@ class ServeProcess:
 
     async def start(self) -> None:
         """Start it and wait for READY=1 and the URLs it prints."""
-        with open(self.stderr_path, "wb") as err:
+        err = await trio.to_thread.run_sync(open, self.stderr_path, "wb")
+        try:
             self.proc = await trio.lowlevel.open_process(
                 [*self.command, "serve", "--config", str(self.config_path)],
                 stdout=subprocess.PIPE, stderr=err, env=self.environ(), cwd=self.workdir)
+        finally:
+            err.close()
         await self.listener.wait_for("READY")
         assert self.proc.stdout is not None
         while "dashboard" not in self.stdout:
@@ -129,7 +138,7 @@ class ServeProcess:
         if self.proc.stdout is not None:
             await self.proc.stdout.aclose()
 
-    async def __aenter__(self) -> ServeProcess:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 
@@ -393,7 +402,7 @@ async def test_reload_applies_the_sweep_interval_on_the_fake_clock(
 def _epoch(iso_text: str) -> float:
     from datetime import datetime
 
-    return datetime.fromisoformat(iso_text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(iso_text).timestamp()
 
 
 async def test_reload_with_the_notifier_disabled_still_works(
