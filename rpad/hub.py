@@ -31,8 +31,8 @@ topics (``stats`` only admins) and to topics matching their token's ``topics`` g
 anything). A forbidden subscribe is answered with ``ERROR {code: "forbidden"}`` and the
 connection stays usable. Publishing from a WebSocket needs a matching ``publish`` glob (or the
 admin role); the topics rpad itself feeds (``client_status``, ``heartbeat``, ``servers``,
-``stats``) take no outside messages. Every connection is subscribed to ``system`` from the start,
-so a broadcast reaches everyone.
+``stats``) take no outside messages. Every connection is subscribed to ``system`` from the start
+and cannot leave it, so a broadcast reaches everyone.
 
 Origin. With ``websocket.allowed_origins`` set, a handshake whose ``Origin`` header is not in
 the list is accepted and then closed with 1008, because a browser cannot observe the HTTP
@@ -72,7 +72,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
-from .models import iso
+from .models import has_lone_surrogate, iso
 from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, HEARTBEAT_RECEIVED, Event
 
 log = logging.getLogger(__name__)
@@ -167,15 +167,23 @@ def _dumps(data: Any) -> str:
 
 def envelope(type_: str, topic: str | None, seq: int | None, ts: str | None, data_json: str) -> str:
     """The one server → client shape, ``{"type","topic","seq","ts","data"}``, around data that
-    is already serialized (so a payload is serialized once however often it is wrapped)."""
-    return (f'{{"type":{json.dumps(type_)},"topic":{json.dumps(topic)},'
+    is already serialized (so a payload is serialized once however often it is wrapped).
+
+    The result is always valid UTF-8 text: JSON input may carry lone surrogates (``"\\ud800"``
+    parses to a Python string that UTF-8 cannot encode), and one such string must not break
+    the socket writes of every subscriber; they are sent escaped instead."""
+    text = (f'{{"type":{json.dumps(type_)},"topic":{json.dumps(topic)},'
             f'"seq":{json.dumps(seq)},"ts":{json.dumps(ts)},"data":{data_json}}}')
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=True)
+    return text
 
 
 def _truncate_reason(reason: str) -> str:
-    data = reason.encode("utf-8")
-    if len(data) <= MAX_CLOSE_REASON_BYTES:
-        return reason
+    data = reason.encode("utf-8", "replace")
     return data[:MAX_CLOSE_REASON_BYTES].decode("utf-8", "ignore")
 
 
@@ -778,6 +786,10 @@ class Hub:
         if topic is None:
             self._error(c, "invalid_topic", "topic must be a string matching " + TOPIC_RE.pattern)
             return
+        if topic == TOPIC_SYSTEM:
+            self._error(c, "not_allowed",
+                        "every connection receives the system topic (broadcasts)", topic=topic)
+            return
         t = self._topics.get(topic)
         if t is not None and topic in c.topics:
             c.topics.discard(topic)
@@ -1138,6 +1150,9 @@ def _parse(raw: str | bytes) -> dict[str, Any] | tuple[str, str]:
         return ("invalid_json", "the message is not valid JSON")
     if not isinstance(msg, dict):
         return ("invalid_message", "a message must be a JSON object")
+    if has_lone_surrogate(raw.encode("utf-8"), msg):
+        return ("invalid_json", "the message holds a lone UTF-16 surrogate escape (such as "
+                                "\\ud800), which is not valid Unicode")
     return msg
 
 

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 from trio_websocket import ConnectionClosed, ConnectionRejected
 
+from rpad import config as config_mod
 from rpad.config import Config
 from rpad.models import iso
 
@@ -389,3 +391,62 @@ async def test_connection_closed_cleanly_by_the_client_is_counted(
         assert stats["activeConnections"] == 0
         assert stats["disconnections"] == {"client_closed": 1}
         assert stats["subscribersPerTopic"] == {}
+
+
+async def test_system_cannot_be_left(
+        daemons: StartDaemon, make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await daemons(make_config())
+        async with ws_connect(r.ws_url, token=r.token("viewer", "v")) as ws:
+            await ws.send(action="unsubscribe", topic="system")
+            assert (await ws.expect("ERROR"))["data"]["code"] == "not_allowed"
+            await r.request("POST", "/api/v1/websocket/broadcast", json={"data": "still here"})
+            assert (await ws.expect("SYSTEM_MESSAGE"))["data"] == "still here"
+
+
+async def test_lone_surrogates_are_refused_and_never_reach_the_sockets(
+        daemons: StartDaemon, make_config: Callable[..., Config]) -> None:
+    """JSON allows "\\ud800" (a lone UTF-16 surrogate), which UTF-8 cannot carry. A client
+    message holding one is refused like an HTTP body; and should such a string reach a publish
+    from inside rpad, it goes out escaped rather than failing every subscriber's socket write."""
+    with trio.fail_after(TIMEOUT):
+        r = await daemons(make_config())
+        async with ws_connect(r.ws_url, token=r.token("admin", "a")) as a, \
+                ws_connect(r.ws_url, token=r.token("admin", "b")) as b:
+            for ws in (a, b):
+                await ws.subscribe("t.1")
+            await a.send_raw('{"action": "publish", "topic": "t.1", "type": "X", '
+                             '"data": {"text": "caf\\u00e9 \\ud800"}}')
+            err = await a.expect("ERROR")
+            assert err["data"]["code"] == "invalid_json"
+            assert "surrogate" in err["data"]["message"]
+            assert r.daemon.hub is not None
+            r.daemon.hub.publish("t.1", "X", {"text": "caf\u00e9 \ud800"})
+            for ws in (a, b):
+                msg = await ws.expect("X")
+                assert msg["data"]["text"] == "caf\u00e9 \ud800"
+                await ws.send(action="ping")
+                await ws.expect("PONG")
+        stats = (await r.request("GET", "/api/v1/websocket/stats")).json()
+        assert stats["internalErrors"] == 0
+
+
+async def test_reload_applies_hub_limits_and_keeps_connections(
+        daemons: StartDaemon, tmp_path: Path) -> None:
+    with trio.fail_after(TIMEOUT):
+        path = tmp_path / "rpad.toml"
+        base = (f'state_dir = "{tmp_path / "state"}"\n'
+                '[http]\nlisten = "127.0.0.1:0"\n'
+                '[websocket]\nlisten = "127.0.0.1:0"\n')
+        path.write_text(base + "max_connections_per_user = 5\n")
+        r = await daemons(config_mod.load(path), config_path=str(path))
+        token = r.token("viewer", "alice")
+        async with ws_connect(r.ws_url, token=token) as one, ws_connect(r.ws_url, token=token):
+            path.write_text(base + "max_connections_per_user = 2\nping_interval_seconds = 7\n")
+            assert await r.daemon.reload()
+            async with ws_connect(r.ws_url, token=token, established=False) as third:
+                assert await third.close_code() == 4029
+            await one.send(action="ping")
+            await one.expect("PONG")  # the open ones stay
+            async with ws_connect(r.ws_url, token=r.token("viewer", "bob")) as bob:
+                assert bob.established["pingIntervalSeconds"] == 7.0
