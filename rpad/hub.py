@@ -1151,8 +1151,8 @@ def _parse(raw: str | bytes) -> dict[str, Any] | tuple[str, str]:
     if not isinstance(msg, dict):
         return ("invalid_message", "a message must be a JSON object")
     if has_lone_surrogate(raw.encode("utf-8"), msg):
-        return ("invalid_json", "the message holds a lone UTF-16 surrogate escape (such as "
-                                "\\ud800), which is not valid Unicode")
+        return ("invalid_json", ("the message holds a lone UTF-16 surrogate escape (such as "
+                                 "\\ud800), which is not valid Unicode"))
     return msg
 
 
