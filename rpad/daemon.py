@@ -34,7 +34,7 @@ from .alerts import Alerts
 from .auth import Authenticator, Keys, load_keys
 from .config import Config, ConfigError
 from .dashboard import register_dashboard
-from .fastpath import HeartbeatFastPath
+from .fastpath import HeartbeatFastPath, ReadBodyFirst
 from .http import AppState, AuthFailureLimiter, create_app
 from .hub import Hub
 from .presence import Presence
@@ -175,6 +175,7 @@ class Daemon:
                 async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
                         asgi: Any = HeartbeatFastPath(app, app_state) if cfg.http.fast_path else app
+                        asgi = ReadBodyFirst(asgi, lambda: self.config.http.max_body_bytes)
                         await hypercorn_serve(asgi, self._hypercorn_config(),
                                               shutdown_trigger=self._stop.wait,
                                               task_status=task_status)

@@ -117,3 +117,49 @@ class HeartbeatFastPath:
             raw_headers.append((k.lower().encode(), v.encode()))
         await send({"type": "http.response.start", "status": status, "headers": raw_headers})
         await send({"type": "http.response.body", "body": payload})
+
+
+class ReadBodyFirst:
+    """ASGI middleware: every HTTP request's body (up to ``http.max_body_bytes``) is received
+    before the application sees the request, then handed to it as one message.
+
+    An answer given before the body has arrived (a 401 for a bad token is decided from the
+    headers alone) would otherwise make Hypercorn drop or stall the keep-alive connection when
+    the body comes in a later TCP segment, and the client's *next* request on it would fail. A
+    body over the limit is passed on as it stands (the application answers 413 and the
+    connection closes, as it should).
+    """
+
+    def __init__(self, app: Any, max_body_bytes: Callable[[], int]) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.max_body_bytes()
+        chunks: list[bytes] = []
+        size = 0
+        more = True
+        disconnected = False
+        while more and size <= limit:
+            message = await receive()
+            if message["type"] != "http.request":
+                disconnected = True
+                break
+            chunk = message.get("body", b"")
+            chunks.append(chunk)
+            size += len(chunk)
+            more = message.get("more_body", False)
+        pending: list[dict[str, Any]] = [{"type": "http.request", "body": b"".join(chunks),
+                                          "more_body": more and not disconnected}]
+        if disconnected:
+            pending.append({"type": "http.disconnect"})
+
+        async def replay() -> Any:
+            if pending:
+                return pending.pop(0)
+            return await receive()
+
+        await self.app(scope, replay, send)
