@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
@@ -174,6 +175,8 @@ class Store:
         self._wakeup = trio.Event()
         self._full = trio.Event()
         self._closed = False
+        # Trio time at which the last commit started (the cadence of group commit).
+        self._last_commit_started = -math.inf
         # Storage failure state: since when commits fail (trio time), the next retry delay.
         self.failing_since: float | None = None
         self._retry_delay = RETRY_MIN_SECONDS
@@ -299,7 +302,12 @@ class Store:
         while True:
             await self._wakeup.wait()
             if self.commit_interval_seconds > 0 and self._batch.size < self.max_batch:
-                with trio.move_on_after(self.commit_interval_seconds):
+                # At most one commit per interval, counted from the start of the previous
+                # one: writes staged while a commit ran are committed one interval after it
+                # started, not one interval after it ended, so a steady load sees a commit
+                # every max(interval, commit time) rather than every interval + commit time;
+                # and a write after a quiet spell is committed at once.
+                with trio.move_on_at(self._last_commit_started + self.commit_interval_seconds):
                     await self._full.wait()
             batch, self._batch = self._batch, _Batch()
             self._wakeup = trio.Event()
@@ -307,7 +315,7 @@ class Store:
             if batch.size == 0:
                 batch.done.set()
                 continue
-            started = trio.current_time()
+            started = self._last_commit_started = trio.current_time()
             try:
                 await trio.to_thread.run_sync(self._apply, batch)
             except sqlite3.Error as exc:
