@@ -118,6 +118,9 @@ async def fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[
         "out_of_order": out_of_order,
         "cpu_percent_rpad": round(window.percent(rpad.pid)),
         "cpu_percent_subscribers_and_publisher": round(window.percent(os.getpid())),
+        # rpad's CPU time per delivered message: independent of how much of a core rpad got.
+        "rpad_cpu_us_per_delivery": round(
+            window.percent(rpad.pid) / 100 * elapsed / (events * subscribers) * 1e6, 2),
     }
 
 
@@ -178,6 +181,7 @@ async def latency(rpad: Rpad, subscribers: int, rate: float, seconds: float) -> 
             achieved = total / (time.monotonic() - t0)
             await trio.sleep(1.0)  # the last ones arrive
             window.stop()
+            wall = time.monotonic() - t0
             done.set()
     samples.sort()
     return {
@@ -192,6 +196,8 @@ async def latency(rpad: Rpad, subscribers: int, rate: float, seconds: float) -> 
         "latency_ms_max": round(samples[-1] * 1000, 2) if samples else None,
         "cpu_percent_rpad": round(window.percent(rpad.pid)),
         "cpu_percent_load_and_subscribers": round(window.percent(os.getpid())),
+        "rpad_cpu_ms_per_heartbeat_with_fanout": round(
+            window.percent(rpad.pid) / 100 * wall / total * 1e3, 3),
     }
 
 
@@ -220,6 +226,7 @@ def main() -> None:
                 args.seconds)
             results["rpad_rss_mib"] = round(rss_bytes(rpad.pid) / 2**20, 1)
             results["load_average_after"] = os.getloadavg()
+    results["cpus"] = os.cpu_count()
     print(json.dumps(results, indent=2))
 
 

@@ -25,7 +25,9 @@ missed, or answers ``recovered: false`` when it is no longer there. State topics
 ``stats``) keep no history: a subscriber gets the current state at once instead. ``epoch``
 changes with every start of rpad, so clients know when seqs start afresh.
 
-Access. Agent tokens are refused (4003): an agent's only read right is its own status, which
+Access. A bad or missing token closes with 4001; failed authentications count per address
+together with the HTTP API's, and an address over ``auth.max_failures_per_minute`` is refused
+(4001) for a while. Agent tokens are refused (4003): an agent's only read right is its own status, which
 the hub does not offer per client. Viewers, services and admins may subscribe to the built-in
 topics (``stats`` only admins) and to topics matching their token's ``topics`` globs (admins to
 anything). A forbidden subscribe is answered with ``ERROR {code: "forbidden"}`` and the
@@ -63,7 +65,7 @@ import math
 import re
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol
 from urllib.parse import parse_qs
 
 import attrs
@@ -201,6 +203,22 @@ def may_publish_from_websocket(p: Principal, topic: str) -> bool:
     if p.is_admin:
         return True
     return any(fnmatch.fnmatchcase(topic, glob) for glob in p.publish)
+
+
+class AuthLimiter(Protocol):
+    """Failed authentications per peer address (shared with the HTTP API)."""
+
+    def blocked(self, peer: str) -> bool: ...
+
+    def failed(self, peer: str) -> None: ...
+
+
+class _NoLimit:
+    def blocked(self, peer: str) -> bool:
+        return False
+
+    def failed(self, peer: str) -> None:
+        pass
 
 
 # -- queue items ---------------------------------------------------------------------------------
@@ -351,6 +369,8 @@ class Hub:
         self.epoch = epoch
         self.wall_clock = wall_clock
         self.url = ""
+        # Addresses with too many failed authentications are refused (4001) for a while.
+        self.limiter: AuthLimiter = _NoLimit()
         self._connections: dict[str, Connection] = {}
         self._by_user: dict[str, dict[str, Connection]] = {}
         self._topics: OrderedDict[str, _Topic] = OrderedDict()
@@ -511,6 +531,11 @@ class Hub:
                             address: str) -> tuple[Principal, str] | None:
         """The token from ``?token=``, the Authorization header, or a first ``auth`` message.
         On failure the connection is closed (4001) and None returned."""
+        if self.limiter.blocked(address):
+            self.auth_failures += 1
+            await self._refuse(ws, CLOSE_UNAUTHORIZED,
+                               "too many failed authentications from this address; wait and retry")
+            return None
         tokens = parse_qs(query).get("token")
         token: str | None = tokens[0] if tokens else None
         method = "query"
@@ -525,6 +550,7 @@ class Hub:
                 return None
             if token is None:
                 self.auth_failures += 1
+                self.limiter.failed(address)
                 await self._refuse(ws, CLOSE_UNAUTHORIZED,
                                    f"no authentication within {self.config.auth_timeout_seconds:g} s")
                 return None
@@ -532,6 +558,7 @@ class Hub:
             principal = self.auth.verify(token)
         except AuthError as exc:
             self.auth_failures += 1
+            self.limiter.failed(address)
             log.warning("WebSocket authentication failed from %s: %s", address, exc.message)
             await self._refuse(ws, CLOSE_UNAUTHORIZED, exc.message)
             return None

@@ -18,7 +18,14 @@ from typing import Any
 from quart import Quart, Response, request
 
 from .auth import Principal, require_role
-from .http import ApiError, AppState, authenticate, json_response, parse_json_body
+from .http import (
+    ApiError,
+    AppState,
+    AuthFailureLimiter,
+    authenticate,
+    json_response,
+    parse_json_body,
+)
 from .hub import (
     MAX_PING_USER_TIMEOUT_SECONDS,
     NOTIFICATION_LEVELS,
@@ -103,8 +110,28 @@ def _json_data(body: _Body, name: str = "data") -> Any:
     return value
 
 
+class _SharedLimiter:
+    """The HTTP API's failed-authentication counter, as the hub's ``AuthLimiter``: failures on
+    either side count together, and an address over the limit is refused on both."""
+
+    def __init__(self, limiter: AuthFailureLimiter) -> None:
+        self.limiter = limiter
+
+    def blocked(self, peer: str) -> bool:
+        try:
+            self.limiter.check(peer)
+        except ApiError:
+            return True
+        return False
+
+    def failed(self, peer: str) -> None:
+        self.limiter.failed(peer)
+
+
 def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
-    """Add the publish and WebSocket management routes to the app (before it is served)."""
+    """Add the publish and WebSocket management routes to the app (before it is served), and
+    let the hub share the app's failed-authentication limiter."""
+    hub.limiter = _SharedLimiter(state.limiter)
 
     def principal() -> Principal:
         return authenticate(state, request.headers.get("Authorization"),

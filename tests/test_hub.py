@@ -450,3 +450,19 @@ async def test_reload_applies_hub_limits_and_keeps_connections(
             await one.expect("PONG")  # the open ones stay
             async with ws_connect(r.ws_url, token=r.token("viewer", "bob")) as bob:
                 assert bob.established["pingIntervalSeconds"] == 7.0
+
+
+async def test_failed_authentications_are_throttled_with_the_http_api(
+        daemons: StartDaemon, make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await daemons(make_config(auth={"max_failures_per_minute": 3}))
+        for _ in range(3):
+            async with ws_connect(r.ws_url, token="not-a-jwt", established=False) as ws:
+                assert await ws.close_code() == 4001
+        # Over the limit: even a good token is refused for a while, here and over HTTP.
+        async with ws_connect(r.ws_url, token=r.token("viewer", "v"), established=False) as ws:
+            assert await ws.close_code() == 4001
+            assert ws.conn.closed is not None
+            assert "too many failed authentications" in (ws.conn.closed.reason or "")
+        resp = await r.request("GET", "/api/v1/websocket/stats")
+        assert resp.status_code == 429
