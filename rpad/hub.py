@@ -70,7 +70,13 @@ from urllib.parse import parse_qs
 
 import attrs
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from trio_websocket import (
+    ConnectionClosed,
+    Endpoint,
+    WebSocketConnection,
+    WebSocketRequest,
+    serve_websocket,
+)
 
 from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
@@ -415,8 +421,9 @@ class Hub:
                         connect_timeout=HANDSHAKE_TIMEOUT_SECONDS,
                         disconnect_timeout=CLOSE_TIMEOUT_SECONDS,
                     ))
-                    bound_host = f"[{host}]" if ":" in host else host
-                    self.url = f"ws://{bound_host}:{server.port}{WS_PATHS[0]}"
+                    # A host name may bind several listeners (::1 and 127.0.0.1): name the first.
+                    bound = [e for e in server.listeners if isinstance(e, Endpoint)]
+                    self.url = f"{bound[0].url}{WS_PATHS[0]}"
                     self._accepting = True
                     task_status.started(self.url)
                     await self._closing.wait()
