@@ -162,4 +162,17 @@ class ReadBodyFirst:
                 return pending.pop(0)
             return await receive()
 
-        await self.app(scope, replay, send)
+        if not more:
+            await self.app(scope, replay, send)
+            return
+
+        async def send_closing(message: dict[str, Any]) -> None:
+            # The rest of an over-limit body is never read, so the connection cannot carry
+            # another request: say so, or the client's next request on it would fail.
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [
+                    *[(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"],
+                    (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, replay, send_closing)
