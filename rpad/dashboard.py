@@ -134,7 +134,7 @@ def register_dashboard(app: Quart, config: Callable[[], Config],
     async def dashboard_index() -> Response:
         return serve(INDEX)
 
-    @app.get("/static/<path:name>")
+    @app.get("/static/<path:name>", merge_slashes=False)
     async def dashboard_static(name: str) -> Response:
         return serve(name)
 

@@ -156,7 +156,8 @@ def parse_json_body(data: bytes) -> Any:
 
 
 def create_app(state: AppState) -> Quart:
-    app = QuartTrio("rpad")
+    # No built-in /static route: rpad.dashboard serves the page's files by exact name.
+    app = QuartTrio("rpad", static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = state.config.http.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = False

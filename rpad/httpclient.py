@@ -116,9 +116,12 @@ async def _exchange(method: str, t: Target, body: bytes | None, headers: Mapping
             stream = tls
             await tls.do_handshake()
         conn = h11.Connection(our_role=h11.CLIENT)
-        head: list[tuple[str, str]] = [("Host", t.host_header), ("User-Agent", USER_AGENT),
-                                       ("Connection", "close")]
-        head += [(k, v) for k, v in headers.items()]
+        given = {k.lower() for k in headers}
+        head: list[tuple[str, str]] = [
+            (k, v) for k, v in (("Host", t.host_header), ("User-Agent", USER_AGENT))
+            if k.lower() not in given]
+        head += [(k, v) for k, v in headers.items() if k.lower() != "connection"]
+        head.append(("Connection", "close"))
         if body is not None:
             head.append(("Content-Length", str(len(body))))
         data = conn.send(h11.Request(method=method, target=t.target, headers=head))

@@ -26,17 +26,20 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 from datetime import datetime, timezone
 from typing import Any, TextIO
+from urllib.parse import urlsplit
 
+import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
     ConnectionRejected,
     HandshakeError,
     WebSocketConnection,
-    open_websocket_url,
+    wrap_client_stream,
 )
 
 from .agent import add_token_arguments, read_token
@@ -145,6 +148,56 @@ def format_line(msg: dict[str, Any], pretty: bool) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
+@attrs.frozen
+class WsTarget:
+    secure: bool
+    host: str
+    port: int
+    resource: str
+    host_header: str
+
+
+def ws_target(url: str) -> WsTarget:
+    """Split a ``ws://`` or ``wss://`` URL. Raises ValueError."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
+    secure = parts.scheme == "wss"
+    port = parts.port or (443 if secure else 80)
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    host_header = host if port in (80, 443) else f"{host}:{port}"
+    return WsTarget(secure, parts.hostname, port, resource, host_header)
+
+
+class _EofAwareStream(trio.abc.Stream):
+    """A stream that tells when the peer has closed it (``eof``), so that a handshake the
+    server abandons is noticed at once rather than at the connect timeout."""
+
+    def __init__(self, inner: trio.abc.Stream) -> None:
+        self.inner = inner
+        self.eof = trio.Event()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        try:
+            data = await self.inner.receive_some(max_bytes)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.eof.set()
+            raise
+        if not data:
+            self.eof.set()
+        return bytes(data)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 # -- the watcher ---------------------------------------------------------------------------------
 
 
@@ -203,28 +256,97 @@ class Watcher:
             await trio.sleep(delay)
 
     async def session(self) -> None:
-        """One connection, from handshake to loss. Raises _Lost or TokenRefused."""
+        """One connection, from TCP connect to loss. Raises _Lost, TokenRefused or
+        OutputClosed.
+
+        The TCP stream is opened and closed here, not by trio-websocket: its
+        ``open_websocket_url`` leaves the socket to the garbage collector when the handshake
+        fails or is cancelled.
+        """
         self._established = False
-        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
+        t = ws_target(self.url)
         try:
-            async with open_websocket_url(self.url, extra_headers=headers,
-                                          connect_timeout=self.connect_timeout_seconds,
-                                          disconnect_timeout=2.0,
-                                          max_message_size=MAX_MESSAGE_BYTES) as ws:
-                await self._converse(ws)
-        except ConnectionRejected as exc:
+            with trio.fail_after(self.connect_timeout_seconds):
+                if t.secure:
+                    stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
+                        t.host, t.port, ssl_context=ssl.create_default_context(),
+                        https_compatible=True)
+                else:
+                    stream = await trio.open_tcp_stream(t.host, t.port)
+        except trio.TooSlowError:
+            raise _Lost(f"cannot connect to {self.url}: no answer within "
+                        f"{self.connect_timeout_seconds:g} s") from None
+        except OSError as exc:
+            raise _Lost(f"cannot connect to {self.url}: {_reason(exc)}") from None
+        watched = _EofAwareStream(stream)
+        try:
+            raise await self._connection(watched, t)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _connection(self, stream: _EofAwareStream, t: WsTarget) -> Exception:
+        """Run the WebSocket over ``stream`` until it ends; return why it ended."""
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await self._handshake(nursery, stream, t)
+                await self._converse(ws, nursery)
+        except BaseExceptionGroup as group:  # the library's reader task runs in the nursery
+            return self._why(group)
+        return _Lost("connection ended")  # pragma: no cover - _converse never returns
+
+    async def _handshake(self, nursery: trio.Nursery, stream: _EofAwareStream,
+                         t: WsTarget) -> WebSocketConnection:
+        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
+        done: list[WebSocketConnection] = []
+        with trio.move_on_after(self.connect_timeout_seconds):
+            async with trio.open_nursery() as race:
+
+                async def shake() -> None:
+                    done.append(await wrap_client_stream(
+                        nursery, stream, t.host_header, t.resource, extra_headers=headers,
+                        max_message_size=MAX_MESSAGE_BYTES))
+                    race.cancel_scope.cancel()
+
+                async def eof() -> None:
+                    await stream.eof.wait()
+                    race.cancel_scope.cancel()
+
+                race.start_soon(shake)
+                race.start_soon(eof)
+        if done:
+            return done[0]
+        if stream.eof.is_set():
+            raise _Lost("the server closed the connection during the WebSocket handshake")
+        raise _Lost(f"no WebSocket handshake within {self.connect_timeout_seconds:g} s")
+
+    def _why(self, group: BaseExceptionGroup[BaseException]) -> Exception:
+        """The first real reason in an exception group; a group of Cancelled is re-raised."""
+        leaves: list[BaseException] = []
+
+        def flatten(e: BaseException) -> None:
+            if isinstance(e, BaseExceptionGroup):
+                for sub in e.exceptions:
+                    flatten(sub)
+            elif not isinstance(e, trio.Cancelled):
+                leaves.append(e)
+
+        flatten(group)
+        if not leaves:
+            raise group
+        exc = leaves[0]
+        if isinstance(exc, TokenRefused | _Lost | OutputClosed):
+            return exc
+        if isinstance(exc, ConnectionRejected):
             body = (exc.body or b"").decode("utf-8", "replace")
             if exc.status_code in (401, 403):
-                raise TokenRefused(f"HTTP {exc.status_code} {_message_of(body)}".rstrip()) from None
-            raise _Lost(f"the hub rejected the connection (HTTP {exc.status_code})") from None
-        except ConnectionClosed as exc:
-            raise self._closed(exc) from None
-        except HandshakeError as exc:
-            cause = exc.__cause__ or exc.__context__
-            raise _Lost(f"cannot connect to {self.url}: "
-                        f"{_reason(cause) if cause else type(exc).__name__}") from None
-        except (OSError, trio.BrokenResourceError) as exc:
-            raise _Lost(f"connection lost: {_reason(exc)}") from None
+                return TokenRefused(f"HTTP {exc.status_code} {_message_of(body)}".rstrip())
+            return _Lost(f"the hub rejected the connection (HTTP {exc.status_code})")
+        if isinstance(exc, ConnectionClosed):
+            return self._closed(exc)
+        if isinstance(exc, HandshakeError | OSError | trio.BrokenResourceError
+                      | trio.ClosedResourceError):
+            return _Lost(f"connection lost: {_reason(exc)}")
+        raise group
 
     def _closed(self, exc: ConnectionClosed) -> Exception:
         code = exc.reason.code if exc.reason is not None else None
@@ -234,7 +356,9 @@ class Watcher:
                                 + (f": {reason}" if reason else ""))
         return _Lost(f"connection closed ({code}{' ' + reason if reason else ''})")
 
-    async def _converse(self, ws: WebSocketConnection) -> None:
+    async def _converse(self, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
+        """Wait for CONNECTION_ESTABLISHED, subscribe, then print until the connection ends
+        (by an exception: ConnectionClosed, _Lost from the keepalive, OutputClosed)."""
         with trio.move_on_after(ESTABLISH_TIMEOUT_SECONDS) as scope:
             while True:
                 msg = _parse(await ws.get_message())
@@ -260,39 +384,19 @@ class Watcher:
             if topic in self.last_seq:
                 sub["since"] = self.last_seq[topic]
             await ws.send_message(json.dumps(sub))
-        # The receiver and the keepalive report why the connection ended through `ended`
-        # (raising inside a nursery would wrap the reason in an exception group).
-        ended: list[Exception] = []
-        async with trio.open_nursery() as nursery:
+        nursery.start_soon(self._keepalive, ws)
+        while True:
+            msg = _parse(await ws.get_message())
+            if msg is not None:
+                self.handle(msg)
 
-            async def receive() -> None:
-                try:
-                    while True:
-                        msg = _parse(await ws.get_message())
-                        if msg is not None:
-                            self.handle(msg)
-                except ConnectionClosed as exc:
-                    ended.append(self._closed(exc))
-                except OutputClosed as exc:
-                    ended.append(exc)
-                nursery.cancel_scope.cancel()
-
-            async def keepalive() -> None:
-                try:
-                    while True:
-                        await trio.sleep(self.ping_interval_seconds)
-                        with trio.move_on_after(PONG_TIMEOUT_SECONDS) as scope:
-                            await ws.ping()
-                        if scope.cancelled_caught:
-                            ended.append(_Lost(f"no pong within {PONG_TIMEOUT_SECONDS:g} s"))
-                            nursery.cancel_scope.cancel()
-                            return
-                except ConnectionClosed:
-                    return  # the receiver reports it
-
-            nursery.start_soon(receive)
-            nursery.start_soon(keepalive)
-        raise ended[0]
+    async def _keepalive(self, ws: WebSocketConnection) -> None:
+        while True:
+            await trio.sleep(self.ping_interval_seconds)
+            with trio.move_on_after(PONG_TIMEOUT_SECONDS) as scope:
+                await ws.ping()
+            if scope.cancelled_caught:
+                raise _Lost(f"no pong within {PONG_TIMEOUT_SECONDS:g} s")
 
     def _error(self, msg: dict[str, Any]) -> None:
         data = msg.get("data") or {}
@@ -376,6 +480,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         token = read_token(args.token, args.token_file)
         if not args.url.startswith(("ws://", "wss://")):
             raise ValueError(f"--url must start with ws:// or wss://, got {args.url!r}")
+        ws_target(args.url)
         if args.max_attempts < 0:
             raise ValueError("--max-attempts must not be negative")
     except ValueError as exc:

@@ -36,8 +36,7 @@ from rpad.config import Config
 from rpad.models import METRIC_FIELDS
 from rpad.retry import Backoff, backoff_delay
 
-from .conftest import start_daemon
-from .test_alerts import HttpReceiver, free_port
+from .test_alerts import HttpReceiver, daemon_running, free_port
 
 E2E_TIMEOUT_SECONDS = 30
 
@@ -216,43 +215,40 @@ async def test_agent_against_the_daemon_reports_metrics_and_goes_offline(
         make_config: Callable[..., Config]) -> None:
     with trio.fail_after(E2E_TIMEOUT_SECONDS):
         async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config(presence={"min_interval_seconds": 0}))
-            opts = AgentOptions(url=rpad.http_url, client_id="host-e2e",
-                                token=rpad.token("agent", "host-e2e"), interval_seconds=0.3,
-                                name="E2E host", version="1.2.3")
-            agent = Agent(opts)
-            stop = trio.Event()
-            result: list[int] = []
+            async with daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad:
+                opts = AgentOptions(url=rpad.http_url, client_id="host-e2e",
+                                    token=rpad.token("agent", "host-e2e"), interval_seconds=0.3,
+                                    name="E2E host", version="1.2.3")
+                agent = Agent(opts)
+                stop = trio.Event()
+                result: list[int] = []
 
-            async def go() -> None:
-                result.append(await run_agent(agent, stop))
+                async def go() -> None:
+                    result.append(await run_agent(agent, stop))
 
-            nursery.start_soon(go)
-            view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "online")
-            view = await wait_for_client(
-                rpad, "host-e2e", lambda v: set(v["latestMetrics"] or ()) == set(METRIC_FIELDS))
-            assert view["name"] == "E2E host" and view["version"] == "1.2.3"
-            assert view["intervalSeconds"] == 0.3
-            assert view["heartbeatTimeoutSeconds"] >= 0.6
-            stop.set()
-            view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "offline")
-            assert view["reportedStatus"] == "offline"
-            while not result:
-                await trio.sleep(0.01)
-            assert result == [EXIT_OK]
-            events = (await rpad.request("GET", "/api/v1/clients/host-e2e/events",
-                                         role="viewer")).json()["events"]
-            assert events[0]["reason"] == "agent_shutdown"
-            await rpad.http.aclose()
-            rpad.daemon.stop()
+                nursery.start_soon(go)
+                view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "online")
+                view = await wait_for_client(
+                    rpad, "host-e2e", lambda v: set(v["latestMetrics"] or ()) == set(METRIC_FIELDS))
+                assert view["name"] == "E2E host" and view["version"] == "1.2.3"
+                assert view["intervalSeconds"] == 0.3
+                assert view["heartbeatTimeoutSeconds"] >= 0.6
+                stop.set()
+                view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "offline")
+                assert view["reportedStatus"] == "offline"
+                while not result:
+                    await trio.sleep(0.01)
+                assert result == [EXIT_OK]
+                events = (await rpad.request("GET", "/api/v1/clients/host-e2e/events",
+                                             role="viewer")).json()["events"]
+                assert events[0]["reason"] == "agent_shutdown"
 
 
 @pytest.mark.slow
 async def test_agent_process_sends_offline_on_sigterm(
         make_config: Callable[..., Config], tmp_path: Path) -> None:
     with trio.fail_after(E2E_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config())
+        async with daemon_running(make_config()) as rpad:
             token_file = tmp_path / "agent.token"
             token_file.write_text(rpad.token("agent", "proc-1") + "\n")
             log_path = tmp_path / "agent.log"
@@ -279,19 +275,14 @@ async def test_agent_process_sends_offline_on_sigterm(
             assert view["status"] == "offline"
             output = log_path.read_text()
             assert "told rpad we are going offline" in output
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_agent_process_refused_token_exits_3(make_config: Callable[..., Config]) -> None:
     with trio.fail_after(E2E_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config())
+        async with daemon_running(make_config()) as rpad:
             result = await trio.run_process(
                 [sys.executable, "-m", "rpad", "agent", "--url", rpad.http_url,
                  "--client-id", "intruder", "--token", rpad.token("agent", "someone-else")],
                 capture_stdout=True, capture_stderr=True, check=False)
             assert result.returncode == EXIT_REFUSED
             assert b"rpad refused the token (HTTP 403" in result.stderr
-            await rpad.http.aclose()
-            rpad.daemon.stop()

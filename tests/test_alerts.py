@@ -11,7 +11,8 @@ import hashlib
 import hmac
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from rpad.alerts import SIGNATURE_HEADER, Alerts, make_alert, sign
 from rpad.config import AlertsConfig, Config, EmailConfig, WebhookConfig
 from rpad.registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_STATUS_UPDATE, Event
 
-from .conftest import start_daemon
+from .conftest import Running, start_daemon
 
 E2E_TIMEOUT_SECONDS = 20
 
@@ -113,6 +114,19 @@ class HttpReceiver:
             pass
         finally:
             await stream.aclose()
+
+
+@asynccontextmanager
+async def daemon_running(cfg: Config, **kwargs: Any) -> AsyncIterator[Running]:
+    """The real daemon for the body of the ``async with``; stopped (and its HTTP client
+    closed) however the body ends."""
+    async with trio.open_nursery() as nursery:
+        rpad = await start_daemon(nursery, cfg, **kwargs)
+        try:
+            yield rpad
+        finally:
+            await rpad.http.aclose()
+            rpad.daemon.stop()
 
 
 def free_port() -> int:
@@ -394,31 +408,29 @@ async def test_daemon_signs_webhooks_for_offline_and_online(
             cfg = make_config(presence={"min_interval_seconds": 0},
                               alerts={"webhooks": [{"url": receiver.url,
                                                     "secret_file": str(secret_file)}]})
-            rpad = await start_daemon(nursery, cfg)
-            assert (await rpad.heartbeat("robot-9", version="1.0")).status_code == 200
-            assert (await rpad.heartbeat("robot-9", status="offline")).status_code == 200
-            assert (await rpad.heartbeat("robot-9")).status_code == 200
-            reqs = await receiver.wait_for(3)
-            assert [r.json()["event"] for r in reqs] == [
-                "client.online", "client.offline", "client.online"]
-            for r in reqs:
-                assert r.method == "POST" and r.target == "/hook"
-                assert r.headers["content-type"] == "application/json"
-                expected = hmac.new(b"correct horse battery staple", r.body,
-                                    hashlib.sha256).hexdigest()
-                assert hmac.compare_digest(r.headers["x-rpad-signature"], f"sha256={expected}")
-                assert r.headers["x-rpad-delivery"] == r.json()["deliveryId"]
-            offline = reqs[1].json()
-            assert offline["clientId"] == "robot-9"
-            assert offline["reason"] == "agent_shutdown"
-            assert offline["client"]["status"] == "offline"
-            assert offline["client"]["version"] == "1.0"
-            assert rpad.daemon.alerts is not None
-            with trio.fail_after(5):
-                while rpad.daemon.alerts.delivered != 3:
-                    await trio.sleep(0.01)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
+            async with daemon_running(cfg) as rpad:
+                assert (await rpad.heartbeat("robot-9", version="1.0")).status_code == 200
+                assert (await rpad.heartbeat("robot-9", status="offline")).status_code == 200
+                assert (await rpad.heartbeat("robot-9")).status_code == 200
+                reqs = await receiver.wait_for(3)
+                assert [r.json()["event"] for r in reqs] == [
+                    "client.online", "client.offline", "client.online"]
+                for r in reqs:
+                    assert r.method == "POST" and r.target == "/hook"
+                    assert r.headers["content-type"] == "application/json"
+                    expected = hmac.new(b"correct horse battery staple", r.body,
+                                        hashlib.sha256).hexdigest()
+                    assert hmac.compare_digest(r.headers["x-rpad-signature"], f"sha256={expected}")
+                    assert r.headers["x-rpad-delivery"] == r.json()["deliveryId"]
+                offline = reqs[1].json()
+                assert offline["clientId"] == "robot-9"
+                assert offline["reason"] == "agent_shutdown"
+                assert offline["client"]["status"] == "offline"
+                assert offline["client"]["version"] == "1.0"
+                assert rpad.daemon.alerts is not None
+                with trio.fail_after(5):
+                    while rpad.daemon.alerts.delivered != 3:
+                        await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
 
@@ -434,21 +446,19 @@ async def test_stalled_receiver_never_delays_heartbeats(
                               alerts={"webhooks": [{"url": receiver.url, "queue_size": 2,
                                                     "timeout_seconds": 60,
                                                     "max_attempts": 1}]})
-            rpad = await start_daemon(nursery, cfg)
-            assert (await rpad.heartbeat("first")).status_code == 200
-            await receiver.wait_for(1)
-            with trio.fail_after(10):
-                for i in range(5):
-                    for status in ("online", "offline"):
-                        resp = await rpad.heartbeat(f"c{i}", status=status)
-                        assert resp.status_code == 200
-            alerts = rpad.daemon.alerts
-            assert alerts is not None
-            hook = alerts.webhooks[0]
-            # 10 transitions while the worker is stuck on the first: 2 queued, 8 dropped.
-            assert (hook.queued, hook.dropped, hook.delivered) == (2, 8, 0)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
+            async with daemon_running(cfg) as rpad:
+                assert (await rpad.heartbeat("first")).status_code == 200
+                await receiver.wait_for(1)
+                with trio.fail_after(10):
+                    for i in range(5):
+                        for status in ("online", "offline"):
+                            resp = await rpad.heartbeat(f"c{i}", status=status)
+                            assert resp.status_code == 200
+                alerts = rpad.daemon.alerts
+                assert alerts is not None
+                hook = alerts.webhooks[0]
+                # 10 transitions while the worker is stuck on the first: 2 queued, 8 dropped.
+                assert (hook.queued, hook.dropped, hook.delivered) == (2, 8, 0)
             nursery.cancel_scope.cancel()
 
 
@@ -463,25 +473,23 @@ async def test_daemon_sends_email_over_smtp(make_config: Callable[..., Config]) 
                                   "sender": "rpad@example.test",
                                   "recipients": ["ops@example.test", "oncall@example.test"],
                                   "events": ["client.offline"]}})
-            rpad = await start_daemon(nursery, cfg)
-            await rpad.heartbeat("robot-7", name="Packing robot", version="3.2")
-            await rpad.heartbeat("robot-7", status="offline")
-            mails = await smtp.wait_for(1)
-            mail = mails[0]
-            assert mail.sender == "rpad@example.test"
-            assert mail.recipients == ["ops@example.test", "oncall@example.test"]
-            text = mail.data.decode()
-            assert "Subject: [rpad] Packing robot is offline (agent_shutdown)" in text
-            assert "Client robot-7 is offline." in text
-            assert "Version:         3.2" in text
-            assert "X-Rpad-Event: client.offline" in text
-            alerts = rpad.daemon.alerts
-            assert alerts is not None and alerts.email is not None
-            with trio.fail_after(5):
-                while alerts.email.delivered != 1:
-                    await trio.sleep(0.01)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
+            async with daemon_running(cfg) as rpad:
+                await rpad.heartbeat("robot-7", name="Packing robot", version="3.2")
+                await rpad.heartbeat("robot-7", status="offline")
+                mails = await smtp.wait_for(1)
+                mail = mails[0]
+                assert mail.sender == "rpad@example.test"
+                assert mail.recipients == ["ops@example.test", "oncall@example.test"]
+                text = mail.data.decode()
+                assert "Subject: [rpad] Packing robot is offline (agent_shutdown)" in text
+                assert "Client robot-7 is offline." in text
+                assert "Version:         3.2" in text
+                assert "X-Rpad-Event: client.offline" in text
+                alerts = rpad.daemon.alerts
+                assert alerts is not None and alerts.email is not None
+                with trio.fail_after(5):
+                    while alerts.email.delivered != 1:
+                        await trio.sleep(0.01)
             nursery.cancel_scope.cancel()
 
 

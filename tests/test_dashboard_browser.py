@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,10 @@ import pytest
 import trio
 
 from rpad.config import Config
-from rpad.daemon import Daemon
 
-from .conftest import Running, need_tool, start_daemon
-from .test_alerts import free_port
+from .conftest import Running, need_tool
+from .test_alerts import daemon_running
+from .test_watch import Restartable, fixed_ports_config
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 expect = playwright_sync.expect
@@ -84,46 +85,12 @@ def open_dashboard(page: Any, rpad: Running, token: str | None = None) -> None:
     expect(page.locator("#conn")).to_have_attribute("data-state", "connected")
 
 
-class Restartable:
-    """A daemon on fixed ports that a test can stop and start again (same state, same ports)."""
-
-    def __init__(self, nursery: trio.Nursery, cfg: Config) -> None:
-        self.nursery = nursery
-        self.cfg = cfg
-        self.running: Running | None = None
-        self._done = trio.Event()
-
-    async def start(self) -> Running:
-        self._done = trio.Event()
-        done = self._done
-        daemon = Daemon(self.cfg)
-
-        async def run(task_status: trio.TaskStatus[Any]) -> None:
-            try:
-                await daemon.run(task_status=task_status)
-            finally:
-                done.set()
-
-        await self.nursery.start(run)
-        import httpx
-
-        self.running = Running(daemon, httpx.AsyncClient(timeout=30))
-        return self.running
-
-    async def stop(self) -> None:
-        assert self.running is not None
-        await self.running.http.aclose()
-        self.running.daemon.stop()
-        await self._done.wait()
-
-
 # -- scenarios -----------------------------------------------------------------------------------
 
 
 async def test_page_lists_clients_and_updates_live(make_config: Callable[..., Config]) -> None:
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config(presence={"min_interval_seconds": 0}))
+        async with daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad:
             await rpad.heartbeat("alpha", name="Alpha robot", version="1.0.0",
                                  ipAddress="10.1.0.1", status="idle",
                                  metrics={"cpuUsagePercent": 42.0,
@@ -184,45 +151,41 @@ async def test_page_lists_clients_and_updates_live(make_config: Callable[..., Co
                 expect(row(page, "gamma")).to_have_count(0)
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_silent_client_turns_offline(make_config: Callable[..., Config]) -> None:
-    cfg = make_config(presence={"heartbeat_timeout_seconds": 2, "check_interval_seconds": 0.5,
+    cfg = make_config(presence={"heartbeat_timeout_seconds": 3, "check_interval_seconds": 0.5,
                                 "min_interval_seconds": 0})
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, cfg)
+        async with daemon_running(cfg) as rpad:
             await rpad.heartbeat("steady")
-            await rpad.heartbeat("quiet")
 
             def scenario(page: Any) -> None:
                 open_dashboard(page, rpad)
+                call(rpad.heartbeat, "quiet")
                 expect(row(page, "quiet")).to_have_attribute("data-status", "online")
-                # "steady" keeps beating; "quiet" says nothing and times out after 2 s.
-                for _ in range(200):
+                # "steady" keeps beating; "quiet" says nothing and times out after 3 s.
+                for _ in range(300):
                     call(rpad.heartbeat, "steady")
                     if row(page, "quiet").get_attribute("data-status") == "offline":
                         break
-                    page.wait_for_timeout(100)  # the browser's own clock between beats
+                    page.wait_for_timeout(200)  # the pace of steady's heartbeats
                 expect(row(page, "quiet")).to_have_attribute("data-status", "offline")
+                expect(row(page, "quiet").locator(".pill")).to_have_text("Offline")
                 expect(row(page, "steady")).to_have_attribute("data-status", "online")
                 expect(page.locator(".toast", has_text="quiet went offline")).to_be_visible()
+                expect(page.locator("#count-offline")).to_have_text("1")
                 # It comes back with its next heartbeat.
                 call(rpad.heartbeat, "quiet")
                 expect(row(page, "quiet")).to_have_attribute("data-status", "online")
                 expect(page.locator(".toast", has_text="quiet is online again")).to_be_visible()
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_search_and_filter_narrow_the_table(make_config: Callable[..., Config]) -> None:
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config(presence={"min_interval_seconds": 0}))
+        async with daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad:
             for cid, ip in (("web-1", "10.0.0.1"), ("web-2", "10.0.0.2"), ("db-1", "10.0.9.1"),
                             ("db-2", "10.0.9.2")):
                 await rpad.heartbeat(cid, ipAddress=ip, version="3.0")
@@ -265,15 +228,11 @@ async def test_search_and_filter_narrow_the_table(make_config: Callable[..., Con
                 expect(row(page, "web-2")).to_have_count(1)
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_daemon_restart_reconnects_with_current_data(
         make_config: Callable[..., Config]) -> None:
-    cfg = make_config(presence={"min_interval_seconds": 0},
-                      http={"listen": f"127.0.0.1:{free_port()}"},
-                      websocket={"listen": f"127.0.0.1:{free_port()}"})
+    cfg = fixed_ports_config(make_config, presence={"min_interval_seconds": 0})
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
         async with trio.open_nursery() as nursery:
             node = Restartable(nursery, cfg)
@@ -307,10 +266,50 @@ async def test_daemon_restart_reconnects_with_current_data(
             await node.stop()
 
 
-async def test_wrong_token_shows_a_clear_message(make_config: Callable[..., Config]) -> None:
+async def test_gives_up_after_max_attempts_then_retry_reconnects(
+        make_config: Callable[..., Config]) -> None:
+    cfg = fixed_ports_config(make_config)
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
         async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config())
+            node = Restartable(nursery, cfg)
+            rpad = await node.start()
+            await rpad.heartbeat("survivor")
+            token = rpad.token("viewer", "ops")
+
+            def scenario(page: Any) -> None:
+                # No jitter (Math.random() = 0) and the page's timers on a fake clock, so the
+                # backoff can be checked exactly without waiting minutes.
+                page.add_init_script("Math.random = () => 0;")
+                page.clock.install()
+                open_dashboard(page, rpad, token)
+                expect(row(page, "survivor")).to_have_count(1)
+                now_ms = page.evaluate("Date.now()")
+                page.clock.pause_at(datetime.fromtimestamp(now_ms / 1000 + 1, timezone.utc))
+                call(node.stop)
+                conn, text = page.locator("#conn"), page.locator("#conn-text")
+                for attempt, delay in enumerate([1, 2, 4, 8, 16, 30, 30, 30, 30], start=1):
+                    expect(text).to_have_text(f"Reconnecting in {delay} s")
+                    expect(conn).to_have_attribute(
+                        "title", re.compile(rf"attempt {attempt} of 10$"))
+                    page.clock.run_for(delay * 1000)
+                expect(conn).to_have_attribute("data-state", "failed")
+                expect(text).to_have_text("Disconnected")
+                retry = page.locator("#retry")
+                expect(retry).to_be_visible()
+                call(node.start)
+                page.clock.resume()
+                retry.click()
+                expect(conn).to_have_attribute("data-state", "connected")
+                expect(retry).to_be_hidden()
+                expect(row(page, "survivor")).to_have_count(1)
+
+            await in_browser(scenario)
+            await node.stop()
+
+
+async def test_wrong_token_shows_a_clear_message(make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        async with daemon_running(make_config()) as rpad:
             await rpad.heartbeat("visible-after-login")
 
             def scenario(page: Any) -> None:
@@ -334,14 +333,11 @@ async def test_wrong_token_shows_a_clear_message(make_config: Callable[..., Conf
                 expect(dialog).to_be_hidden()
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_page_without_token_asks_for_one(make_config: Callable[..., Config]) -> None:
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config())
+        async with daemon_running(make_config()) as rpad:
 
             def scenario(page: Any) -> None:
                 page.goto(f"{rpad.http_url}/")
@@ -355,8 +351,6 @@ async def test_page_without_token_asks_for_one(make_config: Callable[..., Config
                 expect(page.locator("#token-error")).to_contain_text("agent tokens")
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_client_module_backoff_matches_python(make_config: Callable[..., Config]) -> None:
@@ -364,8 +358,7 @@ async def test_client_module_backoff_matches_python(make_config: Callable[..., C
 
     cases = [(n, r) for n in range(8) for r in (0.0, 0.5, 0.999)]
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config())
+        async with daemon_running(make_config()) as rpad:
 
             def scenario(page: Any) -> None:
                 page.goto(f"{rpad.http_url}/")
@@ -380,14 +373,11 @@ async def test_client_module_backoff_matches_python(make_config: Callable[..., C
                 assert got[0] == 1000 and got[-3] == 30000
 
             await in_browser(scenario)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def test_screenshots(make_config: Callable[..., Config], tmp_path: Path) -> None:
     with trio.fail_after(TEST_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            rpad = await start_daemon(nursery, make_config(presence={"min_interval_seconds": 0}))
+        async with daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad:
             await populate_fleet(rpad)
             shots = {"dashboard.png": ({"width": 1280, "height": 760}, "light"),
                      "dashboard-dark.png": ({"width": 1280, "height": 760}, "dark"),
@@ -411,8 +401,6 @@ async def test_screenshots(make_config: Callable[..., Config], tmp_path: Path) -
                 if os.environ.get("RPAD_UPDATE_SCREENSHOTS") == "1":
                     DOCS.mkdir(exist_ok=True)
                     shutil.copyfile(tmp_path / name, DOCS / name)
-            await rpad.http.aclose()
-            rpad.daemon.stop()
 
 
 async def populate_fleet(rpad: Running) -> None:
