@@ -352,7 +352,7 @@ class Alerts:
         removed: list[_Target] = list(old)
         if self.email is not None and email is not self.email:
             removed.append(self.email)
-        started = [t for t in webhooks if t not in self.webhooks]
+        started: list[_Target] = [t for t in webhooks if t not in self.webhooks]
         if email is not None and email is not self.email:
             started.append(email)
         self.config, self.webhooks, self.email = cfg, webhooks, email

@@ -144,7 +144,7 @@ async def _read_response(conn: h11.Connection, stream: trio.abc.Stream) -> HttpR
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await stream.receive_some(READ_CHUNK_BYTES))
+            conn.receive_data(bytes(await stream.receive_some(READ_CHUNK_BYTES)))
             continue
         if isinstance(event, h11.InformationalResponse):
             continue

@@ -28,7 +28,7 @@ import os
 import signal
 import ssl
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TextIO
 from urllib.parse import urlsplit
 
@@ -78,17 +78,19 @@ class OutputClosed(Exception):
 
 
 def _clock(ts: Any) -> str:
-    """HH:MM:SS.mmm (UTC) of an envelope's ``ts`` (ISO string, epoch seconds or milliseconds)."""
+    """HH:MM:SS.mmm (UTC) of an envelope's ``ts`` (ISO string, epoch seconds or milliseconds);
+    now if ``ts`` is missing or unreadable."""
+    dt = datetime.now(UTC)
     try:
         if isinstance(ts, str):
-            dt = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            dt = datetime.fromisoformat(ts)
         elif isinstance(ts, int | float) and not isinstance(ts, bool):
-            dt = datetime.fromtimestamp(ts / 1000 if ts > 1e11 else ts, timezone.utc)
-        else:
-            raise ValueError
+            dt = datetime.fromtimestamp(ts / 1000 if ts > 1e11 else ts, UTC)
     except (ValueError, OverflowError, OSError):
-        dt = datetime.now(timezone.utc)
-    return dt.astimezone(timezone.utc).strftime("%H:%M:%S.%f")[:-3]
+        pass
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
 
 
 def _pct(used: Any, total: Any) -> str | None:
@@ -302,9 +304,10 @@ class Watcher:
             async with trio.open_nursery() as race:
 
                 async def shake() -> None:
+                    # Typed for trio's own streams; any trio.abc.Stream works.
                     done.append(await wrap_client_stream(
-                        nursery, stream, t.host_header, t.resource, extra_headers=headers,
-                        max_message_size=MAX_MESSAGE_BYTES))
+                        nursery, stream, t.host_header, t.resource,  # type: ignore[arg-type]
+                        extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES))
                     race.cancel_scope.cancel()
 
                 async def eof() -> None:
@@ -359,20 +362,21 @@ class Watcher:
     async def _converse(self, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
         """Wait for CONNECTION_ESTABLISHED, subscribe, then print until the connection ends
         (by an exception: ConnectionClosed, _Lost from the keepalive, OutputClosed)."""
-        with trio.move_on_after(ESTABLISH_TIMEOUT_SECONDS) as scope:
-            while True:
+        established: dict[str, Any] | None = None
+        with trio.move_on_after(ESTABLISH_TIMEOUT_SECONDS):
+            while established is None:
                 msg = _parse(await ws.get_message())
                 if msg is None:
                     continue
                 if msg.get("type") == "CONNECTION_ESTABLISHED":
-                    break
-                if msg.get("type") == "ERROR":
+                    established = msg
+                elif msg.get("type") == "ERROR":
                     self._error(msg)
-        if scope.cancelled_caught:
+        if established is None:
             raise _Lost("the hub did not confirm the connection")
         self._established = True
         self.connections += 1
-        data = msg.get("data") or {}
+        data = established.get("data") or {}
         epoch = data.get("epoch")
         if self.epoch is not None and epoch != self.epoch:
             self.note("rpad restarted (new epoch): starting afresh")

@@ -214,34 +214,34 @@ async def wait_for_client(rpad: Any, client_id: str,
 async def test_agent_against_the_daemon_reports_metrics_and_goes_offline(
         make_config: Callable[..., Config]) -> None:
     with trio.fail_after(E2E_TIMEOUT_SECONDS):
-        async with trio.open_nursery() as nursery:
-            async with daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad:
-                opts = AgentOptions(url=rpad.http_url, client_id="host-e2e",
-                                    token=rpad.token("agent", "host-e2e"), interval_seconds=0.3,
-                                    name="E2E host", version="1.2.3")
-                agent = Agent(opts)
-                stop = trio.Event()
-                result: list[int] = []
+        async with (trio.open_nursery() as nursery,
+                    daemon_running(make_config(presence={"min_interval_seconds": 0})) as rpad):
+            opts = AgentOptions(url=rpad.http_url, client_id="host-e2e",
+                                token=rpad.token("agent", "host-e2e"), interval_seconds=0.3,
+                                name="E2E host", version="1.2.3")
+            agent = Agent(opts)
+            stop = trio.Event()
+            result: list[int] = []
 
-                async def go() -> None:
-                    result.append(await run_agent(agent, stop))
+            async def go() -> None:
+                result.append(await run_agent(agent, stop))
 
-                nursery.start_soon(go)
-                view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "online")
-                view = await wait_for_client(
-                    rpad, "host-e2e", lambda v: set(v["latestMetrics"] or ()) == set(METRIC_FIELDS))
-                assert view["name"] == "E2E host" and view["version"] == "1.2.3"
-                assert view["intervalSeconds"] == 0.3
-                assert view["heartbeatTimeoutSeconds"] >= 0.6
-                stop.set()
-                view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "offline")
-                assert view["reportedStatus"] == "offline"
-                while not result:
-                    await trio.sleep(0.01)
-                assert result == [EXIT_OK]
-                events = (await rpad.request("GET", "/api/v1/clients/host-e2e/events",
-                                             role="viewer")).json()["events"]
-                assert events[0]["reason"] == "agent_shutdown"
+            nursery.start_soon(go)
+            view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "online")
+            view = await wait_for_client(
+                rpad, "host-e2e", lambda v: set(v["latestMetrics"] or ()) == set(METRIC_FIELDS))
+            assert view["name"] == "E2E host" and view["version"] == "1.2.3"
+            assert view["intervalSeconds"] == 0.3
+            assert view["heartbeatTimeoutSeconds"] >= 0.6
+            stop.set()
+            view = await wait_for_client(rpad, "host-e2e", lambda v: v["status"] == "offline")
+            assert view["reportedStatus"] == "offline"
+            while not result:
+                await trio.sleep(0.01)
+            assert result == [EXIT_OK]
+            events = (await rpad.request("GET", "/api/v1/clients/host-e2e/events",
+                                         role="viewer")).json()["events"]
+            assert events[0]["reason"] == "agent_shutdown"
 
 
 @pytest.mark.slow
@@ -251,30 +251,32 @@ async def test_agent_process_sends_offline_on_sigterm(
         async with daemon_running(make_config()) as rpad:
             token_file = tmp_path / "agent.token"
             token_file.write_text(rpad.token("agent", "proc-1") + "\n")
-            log_path = tmp_path / "agent.log"
-            with open(log_path, "wb") as log_file:
-                proc = await trio.lowlevel.open_process(
-                    [sys.executable, "-m", "rpad", "agent", "--url", rpad.http_url,
-                     "--client-id", "proc-1", "--token-file", str(token_file),
-                     "--interval", "5"],
-                    stdout=log_file, stderr=subprocess.STDOUT,
-                    env={**os.environ, "RPAD_TOKEN": ""})
-                try:
-                    view = await wait_for_client(rpad, "proc-1",
-                                                 lambda v: v["status"] == "online")
-                    assert view["version"].startswith("rpad-agent ")
-                    assert view["osType"].startswith("Linux")
-                    assert "cpuUsagePercent" in view["latestMetrics"]
-                    proc.send_signal(signal.SIGTERM)
-                    assert await proc.wait() == 0
-                finally:
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
+            proc = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "rpad", "agent", "--url", rpad.http_url,
+                 "--client-id", "proc-1", "--token-file", str(token_file),
+                 "--interval", "5"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                env={**os.environ, "RPAD_TOKEN": ""})
+            try:
+                view = await wait_for_client(rpad, "proc-1",
+                                             lambda v: v["status"] == "online")
+                assert view["version"].startswith("rpad-agent ")
+                assert view["osType"].startswith("Linux")
+                assert "cpuUsagePercent" in view["latestMetrics"]
+                proc.send_signal(signal.SIGTERM)
+                assert await proc.wait() == 0
+            finally:
+                if proc.returncode is None:
+                    proc.kill()
+                    await proc.wait()
+            assert proc.stdout is not None
+            output = b""
+            while chunk := await proc.stdout.receive_some(65536):
+                output += chunk
+            await proc.stdout.aclose()
             view = await wait_for_client(rpad, "proc-1", lambda v: True)
             assert view["status"] == "offline"
-            output = log_path.read_text()
-            assert "told rpad we are going offline" in output
+            assert b"told rpad we are going offline" in output
 
 
 async def test_agent_process_refused_token_exits_3(make_config: Callable[..., Config]) -> None:

@@ -181,7 +181,7 @@ class SmtpListener:
             del buf[: i + 2]
             return out
 
-        sender, rcpts = "", []
+        sender, rcpts = "", list[str]()
         try:
             await stream.send_all(b"220 test ESMTP\r\n")
             while True:

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,7 +284,7 @@ async def test_gives_up_after_max_attempts_then_retry_reconnects(
                 open_dashboard(page, rpad, token)
                 expect(row(page, "survivor")).to_have_count(1)
                 now_ms = page.evaluate("Date.now()")
-                page.clock.pause_at(datetime.fromtimestamp(now_ms / 1000 + 1, timezone.utc))
+                page.clock.pause_at(datetime.fromtimestamp(now_ms / 1000 + 1, UTC))
                 call(node.stop)
                 conn, text = page.locator("#conn"), page.locator("#conn-text")
                 for attempt, delay in enumerate([1, 2, 4, 8, 16, 30, 30, 30, 30], start=1):
@@ -404,36 +404,28 @@ async def test_screenshots(make_config: Callable[..., Config], tmp_path: Path) -
 
 
 async def populate_fleet(rpad: Running) -> None:
-    fleet: list[tuple[str, dict[str, Any]]] = [
-        ("rpa-inv-01", dict(name="Invoice robot 1", version="4.2.1", ipAddress="10.20.1.11",
-                            status="busy", cpu=63.0, mem=(5.1, 8), load=1.42)),
-        ("rpa-inv-02", dict(name="Invoice robot 2", version="4.2.1", ipAddress="10.20.1.12",
-                            status="idle", cpu=7.5, mem=(2.3, 8), load=0.12)),
-        ("rpa-hr-01", dict(name="HR onboarding", version="4.1.0", ipAddress="10.20.2.21",
-                           status="online", cpu=21.0, mem=(3.4, 8), load=0.55)),
-        ("edge-gw-berlin", dict(name="Edge gateway Berlin", version="2.8.3",
-                                ipAddress="172.16.4.2", status="online", cpu=88.0,
-                                mem=(14.2, 16), load=3.9)),
-        ("edge-gw-lyon", dict(name="Edge gateway Lyon", version="2.8.3",
-                              ipAddress="172.16.5.2", status="online", cpu=34.0,
-                              mem=(6.0, 16), load=0.8)),
-        ("kiosk-17", dict(name="Lobby kiosk 17", version="1.9.0", ipAddress="192.168.8.17",
-                          status="online", cpu=12.0, mem=(1.1, 4), load=0.2)),
-        ("build-03", dict(name="CI build host 3", version="5.0.0-rc2", ipAddress="10.30.0.3",
-                          status="online", cpu=97.0, mem=(28.0, 32), load=7.8)),
-        ("rpa-fin-04", dict(name="Finance close robot", version="4.0.9",
-                            ipAddress="10.20.3.40", status="online", cpu=45.0, mem=(4.0, 8),
-                            load=0.9)),
-        ("scanner-02", dict(name="Warehouse scanner 2", version="1.2.7",
-                            ipAddress="192.168.9.2", status="online", cpu=3.0, mem=(0.6, 2),
-                            load=0.05)),
+    """A small fleet for the screenshots: names, versions, addresses and metrics."""
+    fleet = [
+        # id, name, version, IP, reported status, CPU %, memory GiB used/total, load1
+        ("rpa-inv-01", "Invoice robot 1", "4.2.1", "10.20.1.11", "busy", 63.0, (5.1, 8), 1.42),
+        ("rpa-inv-02", "Invoice robot 2", "4.2.1", "10.20.1.12", "idle", 7.5, (2.3, 8), 0.12),
+        ("rpa-hr-01", "HR onboarding", "4.1.0", "10.20.2.21", "online", 21.0, (3.4, 8), 0.55),
+        ("edge-gw-berlin", "Edge gateway Berlin", "2.8.3", "172.16.4.2", "online", 88.0,
+         (14.2, 16), 3.9),
+        ("edge-gw-lyon", "Edge gateway Lyon", "2.8.3", "172.16.5.2", "online", 34.0, (6.0, 16),
+         0.8),
+        ("kiosk-17", "Lobby kiosk 17", "1.9.0", "192.168.8.17", "online", 12.0, (1.1, 4), 0.2),
+        ("build-03", "CI build host 3", "5.0.0-rc2", "10.30.0.3", "online", 97.0, (28.0, 32),
+         7.8),
+        ("rpa-fin-04", "Finance close robot", "4.0.9", "10.20.3.40", "online", 45.0, (4.0, 8),
+         0.9),
+        ("scanner-02", "Warehouse scanner 2", "1.2.7", "192.168.9.2", "online", 3.0, (0.6, 2),
+         0.05),
     ]
-    addresses = {cid: f["ipAddress"] for cid, f in fleet}
-    for cid, f in fleet:
-        used, total = f.pop("mem")
-        metrics = {"cpuUsagePercent": f.pop("cpu"), "memoryUsageBytes": int(used * GIB),
-                   "memoryTotalBytes": int(total * GIB), "load1": f.pop("load")}
-        resp = await rpad.heartbeat(cid, metrics=metrics, osType="Linux 6.1", **f)
+    for cid, name, version, ip, status, cpu, (used, total), load in fleet:
+        metrics = {"cpuUsagePercent": cpu, "memoryUsageBytes": int(used * GIB),
+                   "memoryTotalBytes": int(total * GIB), "load1": load}
+        resp = await rpad.heartbeat(cid, name=name, version=version, ipAddress=ip,
+                                    status=status, metrics=metrics, osType="Linux 6.1")
         assert resp.status_code == 200, resp.text
-    await rpad.heartbeat("rpa-fin-04", status="offline", ipAddress=addresses["rpa-fin-04"])
-
+    await rpad.heartbeat("rpa-fin-04", status="offline", ipAddress="10.20.3.40")
