@@ -172,6 +172,8 @@ class Store:
         self._reader: sqlite3.Connection | None = None
         self._read_lock = threading.Lock()
         self._batch = _Batch()
+        # The batch being committed right now, if any: durable() waits for it too.
+        self._in_flight: _Batch | None = None
         self._wakeup = trio.Event()
         self._full = trio.Event()
         self._closed = False
@@ -286,9 +288,13 @@ class Store:
 
     async def durable(self) -> None:
         """Wait until everything staged so far is committed. Raises StorageUnavailable."""
-        batch = self._batch
-        if batch.size == 0:  # nothing staged (and after close nothing can be)
-            return
+        batch: _Batch | None = self._batch
+        if batch is not None and batch.size == 0:
+            # Nothing new staged (after close nothing can be): wait for the batch being
+            # committed, if one is, since it holds what was staged before.
+            batch = self._in_flight
+            if batch is None:
+                return
         await batch.done.wait()
         if batch.error is not None:
             raise StorageUnavailable(str(batch.error))
@@ -316,6 +322,7 @@ class Store:
                 batch.done.set()
                 continue
             started = self._last_commit_started = trio.current_time()
+            self._in_flight = batch
             try:
                 await trio.to_thread.run_sync(self._apply, batch)
             except sqlite3.Error as exc:
@@ -323,6 +330,7 @@ class Store:
                 self._log_failure(batch.size, exc)
                 batch.error = exc
                 batch.merge_under(self._batch)  # retried with the next batch
+                self._in_flight = None
                 batch.done.set()
                 # Retry soon when new writes are waiting (their requests want an answer), else
                 # back off; either way, the storage's recovery is noticed without a restart.
@@ -345,6 +353,7 @@ class Store:
             self.last_commit_seconds = elapsed
             if self.on_commit is not None:
                 self.on_commit(batch.size, elapsed)
+            self._in_flight = None
             batch.done.set()
 
     def _apply(self, b: _Batch) -> None:
