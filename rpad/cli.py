@@ -34,10 +34,17 @@ def _load_config(path: str | None) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import trio
 
-    from .auth import Authenticator, load_keys
+    from .auth import load_keys
     from .daemon import Daemon
 
     cfg = _load_config(args.config)
+    try:
+        load_keys(cfg)  # a bad key file is a configuration error: say so before starting
+    except ValueError as exc:
+        print(f"rpad: invalid configuration ({args.config or 'built-in defaults'}):",
+              file=sys.stderr)
+        print(f"  {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     logs.setup(cfg.logging.level, cfg.logging.format)
     daemon = Daemon(cfg, config_path=args.config, handle_signals=True)
 
@@ -63,10 +70,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
         trio.run(main)
     except KeyboardInterrupt:
         return EXIT_OK
-    except Exception:
-        log.critical("rpad failed", exc_info=True)
+    except Exception as exc:
+        problem = _startup_problem(exc)
+        if problem is not None:
+            log.critical("rpad cannot start: %s", problem)
+        else:
+            log.critical("rpad failed", exc_info=True)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _startup_problem(exc: BaseException) -> str | None:
+    """The reason rpad could not start, for the failures that are not bugs (a database it
+    cannot use, an address it cannot bind); None for anything else, which is logged with its
+    traceback."""
+    import errno
+
+    from .store import StorageCorrupt
+
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    if isinstance(exc, StorageCorrupt):
+        return str(exc)
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
+                                                  errno.EACCES):
+        return f"cannot listen: {exc.strerror} ({exc})"
+    return None
 
 
 def cmd_token(args: argparse.Namespace) -> int:

@@ -195,12 +195,18 @@ class Store:
 
     def open(self) -> Loaded:
         """Open (creating or migrating) the database and read everything rpad keeps in memory."""
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not self.path.exists():
-            # Client data is nobody else's business: the file (and so SQLite's -wal and -shm
-            # files, which copy its mode) is the owner's alone.
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
-        db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not self.path.exists():
+                # Client data is nobody else's business: the file (and so SQLite's -wal and
+                # -shm files, which copy its mode) is the owner's alone.
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
+        except OSError as exc:
+            raise StorageCorrupt(f"cannot create {self.path}: {exc.strerror or exc}") from None
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageCorrupt(f"cannot open {self.path}: {exc}") from None
         try:
             # The version first: a database of a newer rpad is refused before anything
             # (even the journal mode) is changed in it.
