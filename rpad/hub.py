@@ -166,6 +166,12 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 100
 MAX_TOPICS = 2000
 # WebSocket close reasons are limited to 123 bytes of UTF-8.
 MAX_CLOSE_REASON_BYTES = 123
+# Messages from one connection: a sustained rate and a burst (a token bucket). Over it, messages
+# are dropped (the first with ERROR rate_limited); after FLOOD_CLOSE_AFTER_DROPPED drops the
+# connection is closed with 4029. A dashboard sends a handful per minute.
+MESSAGES_PER_SECOND = 50.0
+MESSAGE_BURST = 200
+FLOOD_CLOSE_AFTER_DROPPED = 500
 
 
 def _dumps(data: Any) -> str:
@@ -399,6 +405,8 @@ class Hub:
         self.auth_failures = 0
         self.rejected_handshakes = 0
         self.slow_consumers = 0
+        # Client messages dropped by the per-connection rate limit.
+        self.rate_limited = 0
         self.conflated = 0
         # Messages discarded from the queues of closing connections.
         self.dropped = 0
@@ -470,7 +478,10 @@ class Hub:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
         ws = await request.accept()
-        remote = request.remote
+        try:
+            remote = request.remote
+        except OSError:  # ENOTCONN: the peer reset the connection during the handshake
+            return
         address = str(getattr(remote, "address", remote))
         if self._closing.is_set():
             await self._refuse(ws, CLOSE_GOING_AWAY, "server going away")
@@ -577,9 +588,15 @@ class Hub:
         deadline = trio.current_time() + self.config.auth_timeout_seconds
         with trio.CancelScope(deadline=deadline) as scope:
             self._auth_waits.add(scope)
+            rate = _MessageRate()
             try:
                 while True:
                     raw = await ws.get_message()
+                    if not rate.allow(trio.current_time()):
+                        self.rate_limited += 1
+                        if rate.dropped >= FLOOD_CLOSE_AFTER_DROPPED:
+                            return None
+                        continue
                     msg = _parse(raw)
                     if isinstance(msg, dict) and msg.get("action") == "auth":
                         token = msg.get("token")
@@ -692,12 +709,24 @@ class Hub:
         self.messages_sent += 1
 
     async def _reader(self, c: Connection) -> None:
+        rate = _MessageRate()
         try:
             while True:
                 raw = await c.ws.get_message()
                 c.messages_received += 1
                 self.messages_received += 1
-                self._on_message(c, raw)
+                if rate.allow(trio.current_time()):
+                    self._on_message(c, raw)
+                    continue
+                self.rate_limited += 1
+                if rate.dropped_in_a_row == 1:
+                    self._error(c, "rate_limited",
+                                f"more than {MESSAGES_PER_SECOND:g} messages per second: this one "
+                                "and the next are dropped until the rate falls")
+                if rate.dropped >= FLOOD_CLOSE_AFTER_DROPPED:
+                    log.warning("WebSocket %s (user %s) closed: message flood", c.id, c.user_id)
+                    self._close(c, CLOSE_TOO_MANY, "too many messages")
+                    return
         except ConnectionClosed as exc:
             if c.close_code is None:
                 # The peer closed, or trio-websocket closed it (1009: message too big).
@@ -1142,6 +1171,7 @@ class Hub:
             "authFailures": self.auth_failures,
             "rejectedHandshakes": self.rejected_handshakes,
             "slowConsumers": self.slow_consumers,
+            "rateLimitedMessages": self.rate_limited,
             "conflatedMessages": self.conflated,
             "droppedMessages": self.dropped,
             "subscribersPerTopic": {name: len(t.subscribers)
@@ -1172,6 +1202,31 @@ class Hub:
             "activeConnections": len(self._connections),
             "epoch": self.epoch,
         }
+
+
+class _MessageRate:
+    """A token bucket of MESSAGE_BURST messages refilled at MESSAGES_PER_SECOND."""
+
+    __slots__ = ("tokens", "last", "dropped", "dropped_in_a_row")
+
+    def __init__(self) -> None:
+        self.tokens = float(MESSAGE_BURST)
+        self.last: float | None = None
+        self.dropped = 0
+        self.dropped_in_a_row = 0
+
+    def allow(self, now: float) -> bool:
+        if self.last is not None:
+            self.tokens = min(float(MESSAGE_BURST),
+                              self.tokens + (now - self.last) * MESSAGES_PER_SECOND)
+        self.last = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            self.dropped_in_a_row = 0
+            return True
+        self.dropped += 1
+        self.dropped_in_a_row += 1
+        return False
 
 
 def _parse(raw: str | bytes) -> dict[str, Any] | tuple[str, str]:

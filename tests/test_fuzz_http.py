@@ -73,7 +73,7 @@ class Served:
         return self.log_path.read_text(errors="replace")
 
 
-def write_config(tmp: Path, extra: str = "") -> Path:
+def write_config(tmp: Path, extra: str = "", log_level: str = "info") -> Path:
     secret = tmp / "secret"
     secret.write_text("fuzz-secret-" + "k" * 40 + "\n")
     secret.chmod(0o600)
@@ -93,15 +93,15 @@ min_interval_seconds = 0
 secret_file = "{secret}"
 max_failures_per_minute = 1000000
 [logging]
-level = "info"
+level = "{log_level}"
 {extra}
 """)
     return cfg
 
 
-def serve(tmp: Path, extra_config: str = "") -> Iterator[Served]:
+def serve(tmp: Path, extra_config: str = "", log_level: str = "info") -> Iterator[Served]:
     """``rpad serve`` on ports 0 in ``tmp``; stopped with SIGTERM afterwards (exit status 0)."""
-    cfg_path = write_config(tmp, extra_config)
+    cfg_path = write_config(tmp, extra_config, log_level)
     log_path = tmp / "rpad.log"
     log = open(log_path, "wb")
     process = subprocess.Popen(

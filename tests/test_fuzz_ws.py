@@ -43,7 +43,7 @@ KNOWN_TYPES = {"CONNECTION_ESTABLISHED", "SUBSCRIBED", "UNSUBSCRIBED", "PONG", "
                "FUZZ"}
 ERROR_CODES = {"invalid_json", "invalid_message", "unknown_action", "invalid_topic",
                "invalid_field", "forbidden", "too_many_subscriptions", "already_authenticated",
-               "invalid_token", "unauthorized", "not_allowed"}
+               "invalid_token", "unauthorized", "not_allowed", "rate_limited"}
 
 _subs = itertools.count()
 
