@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -80,6 +81,8 @@ class Client:
     # The view serialized as JSON, valid while (revision, view generation) is unchanged.
     _json_key: tuple[int, int] = attrs.field(default=(-1, -1), init=False, repr=False)
     _json: str = attrs.field(default="", init=False, repr=False)
+    # Position in the registry (its insertion order), so the sweep reports in a fixed order.
+    _order: int = attrs.field(default=0, init=False, repr=False)
 
     def effective_timeout(self, default: float) -> float:
         timeout = self.timeout_seconds if self.timeout_seconds is not None else default
@@ -154,6 +157,17 @@ class Registry:
         self._clients: dict[str, Client] = {}
         self._online = 0
         self._revision = 0
+        self._next_order = 0
+        # The sweep's index: online clients by last heartbeat, oldest first. Heartbeats come in
+        # wall-clock order, so moving a client to the end at each one keeps it sorted, and a
+        # sweep reads only its front: a client younger than the shortest timeout in force has
+        # not timed out, nor has anyone after it. A wall clock stepped back breaks the order;
+        # the next sweep then scans every client (the plain sweep) and rebuilds the index.
+        self._by_last: OrderedDict[str, Client] = OrderedDict()
+        self._latest_beat = -math.inf
+        self._index_valid = True
+        # A lower bound of the registered timeouts (exact after each rebuild).
+        self._min_registered_timeout = math.inf
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -213,8 +227,29 @@ class Registry:
     def load(self, clients: Iterable[Client]) -> None:
         """Install clients read from storage (at start). Their status is kept as stored."""
         for c in clients:
-            self._clients[c.client_id] = c
+            old = self._clients.get(c.client_id)
+            if old is not None:
+                c._order = old._order
+                self._clients[c.client_id] = c
+            else:
+                self._insert(c)
         self._online = sum(1 for c in self._clients.values() if c.status == ONLINE)
+        self._rebuild_index()
+
+    def _insert(self, client: Client) -> None:
+        client._order = self._next_order
+        self._next_order += 1
+        self._clients[client.client_id] = client
+
+    def _rebuild_index(self) -> None:
+        online = [c for c in self._clients.values() if c.status == ONLINE]
+        online.sort(key=lambda c: -math.inf if c.last_heartbeat_at is None else c.last_heartbeat_at)
+        self._by_last = OrderedDict((c.client_id, c) for c in online)
+        self._latest_beat = max((c.last_heartbeat_at for c in online
+                                 if c.last_heartbeat_at is not None), default=-math.inf)
+        self._index_valid = True
+        self._min_registered_timeout = min((c.timeout_seconds for c in self._clients.values()
+                                            if c.timeout_seconds is not None), default=math.inf)
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -253,7 +288,7 @@ class Registry:
             if not self.auto_register:
                 raise UnknownClient(hb.client_id)
             client = Client(client_id=hb.client_id, registered_at=now)
-            self._clients[hb.client_id] = client
+            self._insert(client)
             created = True
         events: list[Event] = []
         was_status = client.status
@@ -293,6 +328,15 @@ class Registry:
             events.append(self._event(CLIENT_CONNECTED, client, now, REASON_HEARTBEAT))
         elif hb.status != old_reported or client.version != old_version:
             events.append(self._event(CLIENT_STATUS_UPDATE, client, now, None))
+        if client.status == ONLINE:
+            if now >= self._latest_beat:
+                self._latest_beat = now
+            else:  # the wall clock was stepped back: the index is out of order
+                self._index_valid = False
+            self._by_last[client.client_id] = client
+            self._by_last.move_to_end(client.client_id)
+        else:
+            self._by_last.pop(client.client_id, None)
         events.append(
             Event(
                 HEARTBEAT_RECEIVED,
@@ -314,7 +358,7 @@ class Registry:
         created = client is None
         if client is None:
             client = Client(client_id=reg.client_id, registered_at=now)
-            self._clients[reg.client_id] = client
+            self._insert(client)
         client.registered = True
         if reg.name is not None:
             client.name = reg.name
@@ -322,6 +366,8 @@ class Registry:
             client.tags = list(reg.tags)
         if reg.heartbeat_timeout_seconds is not None:
             client.timeout_seconds = reg.heartbeat_timeout_seconds
+            self._min_registered_timeout = min(self._min_registered_timeout,
+                                               reg.heartbeat_timeout_seconds)
         if reg.metadata is not None:
             client.metadata = reg.metadata
         self._bump(client)
@@ -332,6 +378,7 @@ class Registry:
         client = self._clients.pop(client_id, None)
         if client is None:
             raise UnknownClient(client_id)
+        self._by_last.pop(client_id, None)
         self._set_status(client, OFFLINE)
         self._revision += 1
         return [self._event(CLIENT_REMOVED, client, now, REASON_REMOVED)]
@@ -339,8 +386,39 @@ class Registry:
     def sweep(self, now: float) -> list[Event]:
         """Mark offline every online client whose last heartbeat is older than its timeout.
 
-        Nobody is marked offline before ``grace_until``.
+        Nobody is marked offline before ``grace_until``. Reads only the front of the index
+        (the clients silent for longer than the shortest timeout), so a sweep of a large fleet
+        in which nobody has timed out costs next to nothing; the result is exactly that of
+        :meth:`sweep_all`, which it falls back to when the wall clock was stepped back.
         """
+        if now < self.grace_until:
+            return []
+        if not self._index_valid or now < self._latest_beat:
+            return self.sweep_all(now)
+        default = self._default_timeout_seconds
+        # No effective timeout is shorter: a client heard from within it has not timed out.
+        floor = min(default, self._min_registered_timeout)
+        expired: list[Client] = []
+        for client in self._by_last.values():
+            last = client.last_heartbeat_at
+            if last is not None and now - last <= floor:
+                break  # the index is in last-heartbeat order: everyone after is younger
+            if last is None or now - last > client.effective_timeout(default):
+                expired.append(client)
+        if len(expired) > 1:
+            expired.sort(key=lambda c: c._order)  # the order of the registry, as sweep_all
+        events: list[Event] = []
+        for client in expired:
+            del self._by_last[client.client_id]
+            self._set_status(client, OFFLINE)
+            client.offline_since = now
+            self._bump(client)
+            events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT))
+        return events
+
+    def sweep_all(self, now: float) -> list[Event]:
+        """The plain sweep: every client looked at, in the registry's order. (``sweep`` gives
+        the same result from its index; this is its reference, and its fallback.)"""
         if now < self.grace_until:
             return []
         events: list[Event] = []
@@ -360,6 +438,7 @@ class Registry:
                 client.offline_since = now
                 self._bump(client)
                 events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT))
+        self._rebuild_index()
         return events
 
     def next_deadline(self) -> float:

@@ -6,20 +6,28 @@ path has its own matrix in test_fastpath.py):
 
 - group commit: at most one commit per interval, counted from the start of the previous commit
   (a steady load commits every max(interval, commit time), a lone write after a quiet spell at
-  once), on Trio's mock clock with exact times.
+  once), on Trio's mock clock with exact times;
+- the sweep: ``Registry.sweep`` reads an index of online clients by last heartbeat instead of
+  every client; random histories (heartbeats, clean shutdowns, registrations with their own
+  timeouts, removals, reloads of the default timeout, restarts, a wall clock stepped back) give
+  the same events, in the same order, and the same state as ``Registry.sweep_all``.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import attrs
+import pytest
 import trio
 import trio.testing
 
-from rpad.registry import Client
+from rpad.models import Heartbeat, Registration
+from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
 from rpad.store import Store
 
 T0 = 1_767_225_600.0
@@ -113,3 +121,91 @@ async def test_writes_staged_during_a_commit_wait_only_for_the_interval_since_it
     assert store.commits == 2 and store.last_batch_size == 1
     nursery.cancel_scope.cancel()
     store.close()
+
+
+# -- the sweep ---------------------------------------------------------------------------------
+
+
+class PlainSweep(Registry):
+    """The registry with the plain sweep: every client looked at, every time."""
+
+    def sweep(self, now: float) -> list[Event]:
+        return self.sweep_all(now)
+
+
+def _registry(cls: type[Registry], default: float, grace_until: float = 0.0) -> Registry:
+    return cls(default_timeout_seconds=default, min_interval_seconds=1.0, auto_register=True,
+               grace_until=grace_until)
+
+
+def _state(reg: Registry) -> Any:
+    return ([(c.client_id, reg.view(c)) for c in reg], reg.online_count, reg.revision)
+
+
+def _events(events: list[Event]) -> list[tuple[Any, ...]]:
+    return [(e.type, e.client_id, e.at, e.data, e.reason) for e in events]
+
+
+def _apply(reg: Registry, op: tuple[Any, ...]) -> Any:
+    kind = op[0]
+    try:
+        if kind == "beat":
+            return _events(reg.heartbeat(op[1], op[2]).events)
+        if kind == "register":
+            return _events(reg.register(op[1], op[2])[1])
+        if kind == "remove":
+            return _events(reg.remove(op[1], op[2]))
+        if kind == "sweep":
+            return _events(reg.sweep(op[1]))
+        if kind == "default":
+            reg.default_timeout_seconds = op[1]
+            return None
+    except (RateLimited, UnknownClient) as exc:
+        return type(exc).__name__
+    raise AssertionError(op)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_the_indexed_sweep_gives_exactly_what_the_plain_sweep_gives(seed: int) -> None:
+    rng = random.Random(seed)
+    ids = [f"c{i}" for i in range(rng.choice([3, 12, 40]))]
+    default = rng.choice([20.0, 60.0])
+    fast, plain = _registry(Registry, default), _registry(PlainSweep, default)
+    now = T0
+    swept = 0
+    for step in range(400):
+        r = rng.random()
+        if r < 0.05:
+            now -= rng.uniform(0, 120)  # the wall clock stepped back
+        else:
+            now += rng.choice([0.0, 0.5, 1.0, 7.0, 19.99, 20.0, 25.0, 61.0])
+        if r < 0.55:
+            hb = Heartbeat(client_id=rng.choice(ids),
+                           status=rng.choice(["online", "online", "busy", "offline"]),
+                           interval_seconds=rng.choice([None, None, 5.0, 45.0]),
+                           version=rng.choice([None, "1", "2"]))
+            op: tuple[Any, ...] = ("beat", hb, now)
+        elif r < 0.62:
+            op = ("register", Registration(client_id=rng.choice(ids),
+                                           heartbeat_timeout_seconds=rng.choice(
+                                               [None, 10.0, 30.0, 300.0])), now)
+        elif r < 0.66:
+            op = ("remove", rng.choice(ids), now)
+        elif r < 0.69:
+            op = ("default", rng.choice([15.0, 20.0, 60.0, 90.0]))
+        elif r < 0.71:  # a restart: both load copies of the same clients
+            grace = now + rng.choice([0.0, 30.0])
+            copies = [attrs.evolve(c) for c in fast]
+            fast = _registry(Registry, fast.default_timeout_seconds, grace)
+            plain = _registry(PlainSweep, plain.default_timeout_seconds, grace)
+            fast.load(copies)
+            plain.load([attrs.evolve(c) for c in copies])
+            continue
+        else:
+            op = ("sweep", now)
+        a, b = _apply(fast, op), _apply(plain, op)
+        assert a == b, (seed, step, op)
+        assert _state(fast) == _state(plain), (seed, step, op)
+        if op[0] == "sweep" and a:
+            swept += len(a)
+    assert swept > 0 or len(ids) == 3  # the histories do time clients out
