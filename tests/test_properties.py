@@ -13,13 +13,18 @@ After every step:
 * every change of a client's status is announced by exactly one event of the right type
   (``CLIENT_CONNECTED``, ``CLIENT_DISCONNECTED``, ``CLIENT_REMOVED``), and no event announces a
   change that did not happen; every accepted heartbeat gives exactly one ``HEARTBEAT_RECEIVED``;
-* the online count is the number of online clients.
+* the online count is the number of online clients;
+* the events, handed to the real hub as Presence does, make exactly one message each on their
+  topic (plus a notification for each offline transition and comeback), and every topic's
+  ``seq`` runs 1, 2, 3, … without a gap or a repeat, starting afresh after each restart, with
+  a bounded history.
 
 The runs are derandomized (a fixed seed), so CI and a developer see the same examples.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import attrs
@@ -32,7 +37,10 @@ from hypothesis.stateful import (
     rule,
 )
 
-from rpad.models import Heartbeat, Registration
+from rpad.auth import Authenticator, Keys
+from rpad.config import WebSocketConfig
+from rpad.hub import TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_NOTIFICATIONS, Hub
+from rpad.models import Heartbeat, Registration, iso
 from rpad.registry import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
@@ -51,6 +59,8 @@ T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEFAULT_TIMEOUT_SECONDS = 60.0
 MIN_INTERVAL_SECONDS = 1.0
 CLIENT_IDS = ("a", "b", "c", "d", "e")
+HISTORY_SIZE = 16
+TOPICS = (TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_NOTIFICATIONS)
 
 PROPERTY_SETTINGS = settings(
     max_examples=200,
@@ -93,12 +103,48 @@ class RegistryMachine(RuleBasedStateMachine):
         self.known: dict[str, Known] = {}
         self.restarts = 0
         self.stepped_back = False
+        self.hub = self._new_hub()
+        self.expected_seq: dict[str, int] = {}
 
     @staticmethod
     def _new_registry(grace_until: float) -> Registry:
         return Registry(default_timeout_seconds=DEFAULT_TIMEOUT_SECONDS,
                         min_interval_seconds=MIN_INTERVAL_SECONDS, auto_register=True,
                         grace_until=grace_until)
+
+    def _new_hub(self) -> Hub:
+        """The real hub's publish side (no listener needed to publish): a new one per start
+        of rpad, as its seqs start afresh with each epoch."""
+        auth = Authenticator(Keys([b"property-test-secret-0123456789"], []))
+        return Hub(WebSocketConfig(history_size=HISTORY_SIZE), auth=auth,
+                   epoch=f"epoch-{self.restarts}", wall_clock=lambda: self.now)
+
+    def _publish(self, events: list[Event]) -> None:
+        """What Presence does with the events of a change: hand them to the hub. Each event is
+        one message on its topic; an offline transition or a comeback is also a
+        notification."""
+        before = {t: self.hub.topic_seq(t) for t in TOPICS}
+        self.hub.publish_events(events)
+        for e in events:
+            topic = TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED else TOPIC_CLIENT_STATUS
+            self.expected_seq[topic] = self.expected_seq.get(topic, 0) + 1
+            if e.type == CLIENT_DISCONNECTED or (
+                    e.type == CLIENT_CONNECTED
+                    and e.data["registeredAt"] != e.data["onlineSince"]):
+                self.expected_seq[TOPIC_NOTIFICATIONS] = (
+                    self.expected_seq.get(TOPIC_NOTIFICATIONS, 0) + 1)
+        for t in TOPICS:
+            assert self.hub.topic_seq(t) == self.expected_seq.get(t, 0), (t, events)
+            new = self.hub.topic_seq(t) - before[t]
+            history = self.hub._topics[t].history
+            assert history is not None
+            for (seq, text) in list(history)[len(history) - new:]:
+                msg = json.loads(text)
+                assert (msg["topic"], msg["seq"]) == (t, seq)
+        for e in events:  # each event's message carries the event's own time
+            assert any(json.loads(text)["ts"] == iso(e.at)
+                       for _, text in self.hub._topics[TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED
+                                                       else TOPIC_CLIENT_STATUS].history)
 
     @initialize(auto=st.booleans())
     def choose_registration_policy(self, auto: bool) -> None:
@@ -167,6 +213,7 @@ class RegistryMachine(RuleBasedStateMachine):
         if interval is not None:
             k.interval = interval
         self._check_transitions(before, out.events)
+        self._publish(out.events)
         assert [e.type for e in out.events].count(HEARTBEAT_RECEIVED) == 1
         # A heartbeat decides the status at once: online, or offline for a clean shutdown.
         assert out.client.status == (OFFLINE if status == OFFLINE else ONLINE)
@@ -182,6 +229,7 @@ class RegistryMachine(RuleBasedStateMachine):
         if timeout is not None:
             k.registered_timeout = timeout
         self._check_transitions(before, events)
+        self._publish(events)
 
     @rule(cid=client_ids)
     def remove(self, cid: str) -> None:
@@ -195,6 +243,7 @@ class RegistryMachine(RuleBasedStateMachine):
         del self.known[cid]
         assert self.registry.get(cid) is None
         self._check_transitions(before, events, removed=cid)
+        self._publish(events)
 
     @rule(step=small_steps)
     def time_passes(self, step: float) -> None:
@@ -210,6 +259,7 @@ class RegistryMachine(RuleBasedStateMachine):
         before = self._statuses()
         events = self.registry.sweep(self.now)
         self._check_transitions(before, events)
+        self._publish(events)
         if self.now < self.registry.grace_until:
             assert events == [], "nobody is marked offline inside the startup grace"
             return
@@ -244,9 +294,21 @@ class RegistryMachine(RuleBasedStateMachine):
         registry.load(_client_from_row(r) for r in rows)
         self.registry = registry
         self.restarts += 1
+        self.hub = self._new_hub()
+        self.expected_seq = {}
         assert self._statuses() == statuses, "a restart changes nobody's status by itself"
 
     # -- invariants ----------------------------------------------------------------------------
+
+    @invariant()
+    def every_topic_history_has_consecutive_seqs(self) -> None:
+        for t in TOPICS:
+            history = self.hub._topics[t].history
+            assert history is not None
+            seqs = [seq for seq, _ in history]
+            assert seqs == list(range(self.hub.topic_seq(t) - len(seqs) + 1,
+                                      self.hub.topic_seq(t) + 1)), (t, seqs)
+            assert len(seqs) <= HISTORY_SIZE
 
     @invariant()
     def online_count_matches(self) -> None:
