@@ -288,7 +288,7 @@ class Authenticator:
         if not candidates:
             raise AuthError(401, f"no key is configured for {alg} tokens")
         # Times are checked below against this authenticator's clock (pyjwt would use its own).
-        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.audience),
+        options: jwt.types.Options = {"require": ["sub"], "verify_aud": bool(self.audience),
                                    "verify_exp": False, "verify_nbf": False, "verify_iat": False}
         claims: dict[str, Any] | None = None
         last: Exception | None = None

@@ -229,13 +229,17 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(float, _float)
     conv.register_structure_hook(str, _str)
     conv.register_structure_hook(bool, _bool)
-    conv.register_structure_hook_factory(lambda t: typing.get_origin(t) is list, _list_hook)
+    conv.register_structure_hook_factory(_is_list_type, _list_hook)
     sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, AuthConfig,
                 StorageConfig, WebhookConfig, EmailConfig, AlertsConfig, MetricsConfig,
                 LoggingConfig)
     # A factory, so that a section's hook exists before the hook of the table holding it.
     conv.register_structure_hook_factory(lambda t: t in sections, lambda t: _table(t, conv))
     return conv
+
+
+def _is_list_type(t: Any) -> bool:
+    return typing.get_origin(t) is list
 
 
 def _table(cls: type[Any], conv: cattrs.Converter) -> Callable[[Any, Any], Any]:

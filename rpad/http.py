@@ -158,6 +158,8 @@ def parse_json_body(data: bytes) -> Any:
 def create_app(state: AppState) -> Quart:
     # No built-in /static route: rpad.dashboard serves the page's files by exact name.
     app = QuartTrio("rpad", static_folder=None)
+    # "/api/v1//clients" is an unknown path (a JSON 404), not an HTML redirect.
+    app.url_map.merge_slashes = False
     app.config["MAX_CONTENT_LENGTH"] = state.config.http.max_body_bytes
     app.config["BODY_TIMEOUT"] = 30
     app.config["JSON_SORT_KEYS"] = False
@@ -174,7 +176,7 @@ def create_app(state: AppState) -> Quart:
         if length is not None and length > state.config.http.max_body_bytes:
             raise ApiError(413, "body_too_large",
                            f"the body is {length} bytes; the limit is {state.config.http.max_body_bytes}")
-        data = await request.get_data(cache=False)
+        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         body = parse_json_body(data)
         if not isinstance(body, dict):
             raise ApiError(400, "invalid_json", "the request body must be a JSON object")
@@ -217,7 +219,8 @@ def create_app(state: AppState) -> Quart:
 
         async def read_body(limit: int) -> bytes:
             try:
-                data: bytes = await request.get_data(cache=False)
+                data: bytes = await request.get_data(cache=False, as_text=False,
+                                                     parse_form_data=False)
             except RequestEntityTooLarge:
                 raise ApiError(413, "body_too_large",
                                f"the body is larger than {limit} bytes") from None
@@ -330,7 +333,7 @@ def create_app(state: AppState) -> Quart:
         if presence.registry.get(cid) is None and state.config.presence.registration == "manual":
             raise ApiError(404, "unknown_client", "no client with this id is registered")
         ttl: float | None = None
-        data = await request.get_data(cache=False)
+        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
         if data.strip():
             body = parse_json_body(data)
             if not isinstance(body, dict):

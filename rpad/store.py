@@ -294,13 +294,13 @@ class Store:
 
     async def durable(self) -> None:
         """Wait until everything staged so far is committed. Raises StorageUnavailable."""
-        batch: _Batch | None = self._batch
-        if batch is not None and batch.size == 0:
+        batch = self._batch
+        if batch.size == 0:
             # Nothing new staged (after close nothing can be): wait for the batch being
             # committed, if one is, since it holds what was staged before.
-            batch = self._in_flight
-            if batch is None:
+            if self._in_flight is None:
                 return
+            batch = self._in_flight
         await batch.done.wait()
         if batch.error is not None:
             raise StorageUnavailable(str(batch.error))

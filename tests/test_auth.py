@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from rpad import config as config_mod
 from rpad.auth import (
-    AuthError,
     Authenticator,
+    AuthError,
     Keys,
     Principal,
     bearer_token,
@@ -54,8 +54,8 @@ PRIVATE = private_keys()
 
 
 def pem(public_key: Any) -> bytes:
-    return public_key.public_bytes(serialization.Encoding.PEM,
-                                   serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bytes(public_key.public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def b64(data: bytes) -> str:
@@ -241,7 +241,7 @@ def test_hs256_signed_with_a_public_keys_bytes_is_refused(alg: str) -> None:
 def test_algorithm_swapped_in_the_header_is_refused() -> None:
     # Signed with the RSA key but labelled ES256: checked against the EC key, and fails.
     token = external("RS256")
-    header, rest = token.split(".", 1)
+    _header, rest = token.split(".", 1)
     swapped = b64(json.dumps({"alg": "ES256", "typ": "JWT"}).encode()) + "." + rest
     assert refused(make_auth(), swapped).status == 401
 

@@ -32,8 +32,10 @@ START_TIMEOUT_SECONDS = 30
 def run(args: list[str], cwd: Path, **kw: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")}
-    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=60,
-                          check=False, env=env, **kw)  # type: ignore[call-overload]
+    result: subprocess.CompletedProcess[str] = subprocess.run(
+        args, cwd=cwd, capture_output=True, text=True, timeout=60, check=False, env=env,
+        **kw)  # type: ignore[call-overload]
+    return result
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
@@ -144,8 +146,8 @@ def test_check_config_accepts_a_valid_file_and_the_defaults(tmp_path: Path) -> N
     ("[presence]\nheartbeat_timeout_seconds = -1\n",
      "presence.heartbeat_timeout_seconds: must be greater than 0, got -1.0"),
     ("[presence]\nheartbeat_timeout_seconds = 5\ncheck_interval_seconds = 6\n",
-     "presence.check_interval_seconds: must not be longer than "
-     "presence.heartbeat_timeout_seconds (6.0 > 5.0)"),
+     ("presence.check_interval_seconds: must not be longer than "
+      "presence.heartbeat_timeout_seconds (6.0 > 5.0)")),
     ("[auth]\nsecret_file = '/nonexistent/jwt.secret'\n",
      "auth.secret_file: cannot read /nonexistent/jwt.secret: No such file or directory"),
 ])

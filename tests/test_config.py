@@ -130,8 +130,8 @@ REFUSED = [
     ("[presence]\nheartbeat_timeout_seconds = -1",
      ["presence.heartbeat_timeout_seconds: must be greater than 0, got -1.0"]),
     ("[presence]\nheartbeat_timeout_seconds = 10\ncheck_interval_seconds = 11",
-     ["presence.check_interval_seconds: must not be longer than "
-      "presence.heartbeat_timeout_seconds (11.0 > 10.0)"]),
+     [("presence.check_interval_seconds: must not be longer than "
+       "presence.heartbeat_timeout_seconds (11.0 > 10.0)")]),
     ("[presence]\ncheck_interval_seconds = 0",
      ["presence.check_interval_seconds: must be greater than 0, got 0.0"]),
     ("[presence]\nmin_interval_seconds = -0.5",
@@ -154,7 +154,8 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), REFUSED, ids=[e[0].split(":")[0] for _, e in REFUSED])
+@pytest.mark.parametrize(("text", "expected"), REFUSED,
+                         ids=[e[0].split(":")[0] for _, e in REFUSED])
 def test_refused_with_dotted_path_and_reason(tmp_path: Path, text: str,
                                              expected: list[str]) -> None:
     assert problems_of(tmp_path, text) == expected
@@ -193,10 +194,12 @@ def test_unreadable_or_empty_secret_files(tmp_path: Path) -> None:
 
 def test_not_toml_or_missing_file(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, "[http\n")
-    assert len(problems) == 1 and problems[0].startswith(f"{tmp_path / 'rpad.toml'}: not valid TOML")
+    assert len(problems) == 1
+    assert problems[0].startswith(f"{tmp_path / 'rpad.toml'}: not valid TOML")
     with pytest.raises(ConfigError) as info:
         config_mod.load(tmp_path / "nope.toml")
-    assert info.value.problems == [f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory"]
+    assert info.value.problems == [
+        f"{tmp_path / 'nope.toml'}: cannot read: No such file or directory"]
 
 
 def test_config_error_str_joins_the_problems() -> None:

@@ -37,8 +37,8 @@ PRIVATE: dict[str, Any] = {
 
 
 def pem(alg: str) -> bytes:
-    return PRIVATE[alg].public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return bytes(PRIVATE[alg].public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
 
 
 def b64(data: bytes) -> str:
@@ -50,7 +50,7 @@ def err(code: str, message: str, details: list[dict[str, str]] | None = None) ->
 
 
 def parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return datetime.fromisoformat(text).timestamp()
 
 
 def camel_keys_only(value: Any) -> bool:
@@ -202,7 +202,7 @@ class Matrix:
             return {}
         if cred == "basic":
             return {"Authorization": "Basic dXNlcjpwYXNz"}
-        token = {
+        makers: dict[str, Callable[[], str]] = {
             "malformed": lambda: "not-a-jwt",
             "agent-own": lambda: self.own(sub=cid, role="agent", gen=0),
             "agent-other": lambda: self.own(sub="someone-else", role="agent", gen=0),
@@ -219,7 +219,8 @@ class Matrix:
             "wrong-issuer": lambda: self.own(sub="a", role="admin", iss="https://evil.example"),
             "wrong-audience": lambda: self.own(sub="a", role="admin", aud="other"),
             "revoked": lambda: self.own(sub=cid, role="agent", gen=0),
-        }[cred]()
+        }
+        token = makers[cred]()
         if cred == "revoked":
             r = await self.rpad.request("DELETE", f"/api/v1/clients/{cid}/tokens")
             assert r.status_code == 200, r.text
@@ -299,12 +300,12 @@ def fill(template: Any, cid: str) -> Any:
 
 async def test_auth_matrix_every_endpoint_every_credential(
         boot: Boot, key_files: list[str]) -> None:
-    sections = dict(
-        auth={"issuer": ISSUER, "audience": AUDIENCE, "public_key_file": key_files[0],
-              "extra_public_key_files": key_files[1:], "max_failures_per_minute": 1_000_000},
-        presence={"min_interval_seconds": 0},
-        logging={"level": "error"},
-    )
+    sections: dict[str, Any] = {
+        "auth": {"issuer": ISSUER, "audience": AUDIENCE, "public_key_file": key_files[0],
+                 "extra_public_key_files": key_files[1:], "max_failures_per_minute": 1_000_000},
+        "presence": {"min_interval_seconds": 0},
+        "logging": {"level": "error"},
+    }
     with trio.fail_after(120):
         rpad = await boot(**sections)
         matrix = Matrix(rpad)
@@ -422,7 +423,7 @@ async def test_413_body_over_max_body_bytes(boot: Boot) -> None:
             assert (r.status_code, r.json()) == (413, err(
                 "body_too_large", "the body is larger than 1024 bytes")), path
         # Exactly at the limit is fine.
-        body = {"clientId": "a", "metadata": {"x": ""}}
+        body: dict[str, Any] = {"clientId": "a", "metadata": {"x": ""}}
         pad = 1024 - len(json.dumps(body).encode())
         body["metadata"]["x"] = "y" * pad
         r = await rpad.request("POST", HB, content=json.dumps(body).encode())
@@ -496,7 +497,8 @@ async def test_422_query_and_path_parameters(boot: Boot) -> None:
             ("/api/v1/clients/a/events?limit=5000", "invalid query parameter: limit",
              [{"field": "limit", "message": "must be from 1 to 1000"}]),
             ("/api/v1/clients/bad%20id", "invalid field: clientId",
-             [{"field": "clientId", "message": "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"}]),
+             [{"field": "clientId",
+               "message": "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"}]),
         ]
         for path, message, details in cases:
             r = await rpad.request("GET", path)
@@ -626,7 +628,8 @@ async def test_batch_gives_per_item_results_with_one_commit(
                           "message": "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -"}]},
             {"index": 2, "ok": False, "error": "validation_failed",
              "message": "invalid field: heartbeats[2]",
-             "details": [{"field": "heartbeats[2]", "message": "must be a JSON object, got a string"}]},
+             "details": [{"field": "heartbeats[2]",
+                          "message": "must be a JSON object, got a string"}]},
             {"index": 3, "clientId": "limited", "ok": False, "error": "rate_limited",
              "message": "heartbeats from this client are too frequent",
              "retryAfterSeconds": results[3]["retryAfterSeconds"]},
@@ -646,7 +649,8 @@ async def test_list_filters_search_and_paging(boot: Boot) -> None:
         await rpad.heartbeat("web-1", version="3.1.4", ipAddress="10.0.0.5")
         await rpad.heartbeat("web-2", version="1.0", ipAddress="10.0.0.6")
         await rpad.heartbeat("db-1", status="offline")
-        await rpad.request("POST", "/api/v1/clients", json={"clientId": "web-2", "tags": ["LINE-B"]})
+        await rpad.request("POST", "/api/v1/clients",
+                           json={"clientId": "web-2", "tags": ["LINE-B"]})
 
         async def ids(query: str) -> list[str]:
             r = await rpad.request("GET", "/api/v1/clients" + query, role="viewer")

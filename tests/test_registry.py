@@ -198,7 +198,7 @@ def test_manual_registration_refuses_unknown_ids() -> None:
     with pytest.raises(UnknownClient):
         reg.heartbeat(hb("a"), T0)
     assert len(reg) == 0
-    client, events, created = reg.register(Registration("a"), T0)
+    client, _events, created = reg.register(Registration("a"), T0)
     assert created and client.status == "unknown" and client.registered
     out = reg.heartbeat(hb("a"), T0 + 1)
     assert out.created is False

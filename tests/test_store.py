@@ -13,19 +13,20 @@ import trio
 
 from rpad import store as store_mod
 from rpad.registry import Client
-from rpad.store import SCHEMA_VERSION, Store, StorageCorrupt, StorageUnavailable
+from rpad.store import SCHEMA_VERSION, StorageCorrupt, StorageUnavailable, Store
 
 T0 = 1_767_225_600.0
 
 
 def full_client(cid: str = "a", **over: object) -> Client:
-    fields: dict[str, object] = dict(
-        client_id=cid, registered_at=T0, name="Robot", tags=["x", "y"], metadata={"site": 1},
-        timeout_seconds=120.0, registered=True, status="online", reported_status="busy",
-        version="1.0.0", ip_address="10.0.0.1", os_type="linux", interval_seconds=10.0,
-        last_heartbeat_at=T0 + 5, online_since=T0 + 1, offline_since=None,
-        clock_skew_seconds=-0.5, latest_metrics={"load1": 0.25},
-    )
+    fields: dict[str, object] = {
+        "client_id": cid, "registered_at": T0, "name": "Robot", "tags": ["x", "y"],
+        "metadata": {"site": 1}, "timeout_seconds": 120.0, "registered": True,
+        "status": "online", "reported_status": "busy", "version": "1.0.0",
+        "ip_address": "10.0.0.1", "os_type": "linux", "interval_seconds": 10.0,
+        "last_heartbeat_at": T0 + 5, "online_since": T0 + 1, "offline_since": None,
+        "clock_skew_seconds": -0.5, "latest_metrics": {"load1": 0.25},
+    }
     fields.update(over)
     return Client(**fields)  # type: ignore[arg-type]
 
