@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -51,6 +52,14 @@ def err(code: str, message: str, details: list[dict[str, str]] | None = None) ->
 
 def parse_time(text: str) -> float:
     return datetime.fromisoformat(text).timestamp()
+
+
+def db_rows(path: Path, query: str) -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(query).fetchall()
+    finally:
+        db.close()
 
 
 def camel_keys_only(value: Any) -> bool:
@@ -704,8 +713,14 @@ async def test_register_read_remove_and_events(boot: Boot) -> None:
         r = await rpad.request("GET", "/api/v1/clients/r1/events?limit=1")
         assert len(r.json()["events"]) == 1
 
+        store = rpad.daemon.store
+        assert store is not None
+        # The 2xx of a registration came after its commit: it is in the database.
+        assert db_rows(store.path, "SELECT client_id, name FROM clients") == [("r1", "R")]
         r = await rpad.request("DELETE", "/api/v1/clients/r1")
         assert r.status_code == 200
+        # ...and so did the 2xx of the removal.
+        assert db_rows(store.path, "SELECT client_id FROM clients") == []
         body = r.json()
         assert body["removed"] is True and body["client"]["clientId"] == "r1"
         assert body["client"]["reason"] == "removed"
@@ -748,12 +763,33 @@ async def test_mint_and_revoke_agent_tokens(boot: Boot) -> None:
         # The revocation is durable: it is in the database already.
         store = rpad.daemon.store
         assert store is not None
-        import sqlite3
+        assert db_rows(store.path, "SELECT gen FROM token_generations "
+                                   "WHERE client_id = 'robot'") == [(1,)]
 
-        db = sqlite3.connect(store.path)
-        assert db.execute("SELECT gen FROM token_generations WHERE client_id = 'robot'"
-                          ).fetchall() == [(1,)]
-        db.close()
+
+async def test_concurrent_heartbeats_share_commits(boot: Boot) -> None:
+    with trio.fail_after(60):
+        rpad = await boot(presence={"min_interval_seconds": 0},
+                          storage={"commit_interval_ms": 200})
+        store = rpad.daemon.store
+        assert store is not None
+        before = store.commits
+        acked: dict[str, str] = {}
+
+        async def beat(cid: str) -> None:
+            r = await rpad.heartbeat(cid)
+            assert r.status_code == 200
+            acked[cid] = r.json()["serverTime"]
+            # Acknowledged means committed: the row is in the database already.
+            assert db_rows(store.path, f"SELECT client_id FROM clients WHERE client_id = '{cid}'")
+
+        async with trio.open_nursery() as nursery:
+            for i in range(100):
+                nursery.start_soon(beat, f"g{i}")
+        assert len(acked) == 100
+        # A hundred acknowledged heartbeats, a handful of commits (one at once for the first
+        # write after a quiet spell, then one per 200 ms interval).
+        assert 1 <= store.commits - before <= 10, store.commits - before
 
 
 async def test_health_needs_no_token(boot: Boot) -> None:
