@@ -166,6 +166,10 @@ MAX_SUBSCRIPTIONS_PER_CONNECTION = 100
 MAX_TOPICS = 2000
 # WebSocket close reasons are limited to 123 bytes of UTF-8.
 MAX_CLOSE_REASON_BYTES = 123
+# Frame batching (opt-in at auth): the queued messages of a connection go out together, joined
+# by newlines into one text frame of about this many characters at most (a single larger
+# message goes alone).
+BATCH_FRAME_CHARS = 64 * 1024
 # Messages from one connection: a sustained rate and a burst (a token bucket). Over it, messages
 # are dropped (the first with ERROR rate_limited); after FLOOD_CLOSE_AFTER_DROPPED drops the
 # connection is closed with 4029. A dashboard sends a handful per minute.
@@ -282,6 +286,8 @@ class Connection:
     expires_at: float = math.inf
     messages_sent: int = 0
     messages_received: int = 0
+    # Frame batching, asked for at auth (``?batch=1`` or ``"batch": true``).
+    batch: bool = False
     close_code: int | None = None
     close_reason: str = ""
     scope: trio.CancelScope | None = None
@@ -494,7 +500,7 @@ class Hub:
         authenticated = await self._authenticate(ws, query, headers, address)
         if authenticated is None:
             return
-        principal, method = authenticated
+        principal, method, batch = authenticated
         if principal.role == "agent":
             await self._refuse(ws, CLOSE_FORBIDDEN, "agent tokens cannot use the WebSocket hub")
             return
@@ -510,7 +516,7 @@ class Hub:
             connected_at=self.wall_clock(),
             metadata={"remoteAddress": address, "path": path, "origin": origin,
                       "userAgent": headers.get("user-agent"), "authMethod": method},
-            expires_at=self._expiry_deadline(principal),
+            expires_at=self._expiry_deadline(principal), batch=batch,
         )
         self._connections[c.id] = c
         self._by_user.setdefault(c.user_id, {})[c.id] = c
@@ -519,7 +525,7 @@ class Hub:
         self._reply(c, CONNECTION_ESTABLISHED, {
             "connectionId": c.id, "userId": c.user_id, "role": principal.role,
             "epoch": self.epoch, "serverTime": iso(self.wall_clock()),
-            "pingIntervalSeconds": self.config.ping_interval_seconds,
+            "pingIntervalSeconds": self.config.ping_interval_seconds, "batch": c.batch,
         })
         log.debug("WebSocket %s opened: user %s (%s) from %s", c.id, c.user_id, principal.role,
                   address)
@@ -546,23 +552,29 @@ class Hub:
         return any(a == "*" or a.strip().rstrip("/").lower() == wanted for a in allowed)
 
     async def _authenticate(self, ws: WebSocketConnection, query: str, headers: dict[str, str],
-                            address: str) -> tuple[Principal, str] | None:
-        """The token from ``?token=``, the Authorization header, or a first ``auth`` message.
-        On failure the connection is closed (4001) and None returned."""
+                            address: str) -> tuple[Principal, str, bool] | None:
+        """The token from ``?token=``, the Authorization header, or a first ``auth`` message;
+        returns (principal, how, whether frame batching was asked for: ``?batch=1`` or
+        ``"batch": true`` in the auth message). On failure the connection is closed (4001) and
+        None returned."""
         if self.limiter.blocked(address):
             self.auth_failures += 1
             await self._refuse(ws, CLOSE_UNAUTHORIZED,
                                "too many failed authentications from this address; wait and retry")
             return None
-        tokens = parse_qs(query).get("token")
+        params = parse_qs(query)
+        tokens = params.get("token")
         token: str | None = tokens[0] if tokens else None
+        batch = params.get("batch", [""])[-1].lower() in ("1", "true")
         method = "query"
         if not token:
             token = bearer_token(headers.get("authorization"))
             method = "header"
         if not token:
             method = "message"
-            token = await self._await_auth_message(ws)
+            asked = await self._await_auth_message(ws)
+            token = asked[0] if asked is not None else None
+            batch = batch or (asked is not None and asked[1])
             if self._closing.is_set():
                 await self._refuse(ws, CLOSE_GOING_AWAY, "server going away")
                 return None
@@ -580,11 +592,11 @@ class Hub:
             log.warning("WebSocket authentication failed from %s: %s", address, exc.message)
             await self._refuse(ws, CLOSE_UNAUTHORIZED, exc.message)
             return None
-        return principal, method
+        return principal, method, batch
 
-    async def _await_auth_message(self, ws: WebSocketConnection) -> str | None:
-        """Read messages until ``{"action": "auth", "token"}`` or the auth timeout; anything
-        else is answered with an ERROR."""
+    async def _await_auth_message(self, ws: WebSocketConnection) -> tuple[str, bool] | None:
+        """Read messages until ``{"action": "auth", "token", "batch"?}`` or the auth timeout;
+        anything else is answered with an ERROR. Returns (token, batch)."""
         deadline = trio.current_time() + self.config.auth_timeout_seconds
         with trio.CancelScope(deadline=deadline) as scope:
             self._auth_waits.add(scope)
@@ -600,9 +612,13 @@ class Hub:
                     msg = _parse(raw)
                     if isinstance(msg, dict) and msg.get("action") == "auth":
                         token = msg.get("token")
-                        if isinstance(token, str) and token:
-                            return token
-                        problem = ("invalid_field", "auth needs a token: a non-empty string")
+                        batch = msg.get("batch", False)
+                        if not isinstance(batch, bool):
+                            problem = ("invalid_field", "batch must be true or false")
+                        elif isinstance(token, str) and token:
+                            return token, batch
+                        else:
+                            problem = ("invalid_field", "auth needs a token: a non-empty string")
                     elif isinstance(msg, tuple):
                         problem = msg
                     else:
@@ -681,7 +697,9 @@ class Hub:
                         await self._write(c, text)
                         continue
                     item = await c.recv.receive()
-                if isinstance(item, str):
+                if c.batch:
+                    await self._write_batch(c, self._gather(c, item))
+                elif isinstance(item, str):
                     await self._write(c, item)
                 elif isinstance(item, _Slot):
                     if c.slots.get(item.key) is item:
@@ -707,6 +725,48 @@ class Hub:
         await c.ws.send_message(text)
         c.messages_sent += 1
         self.messages_sent += 1
+
+    @staticmethod
+    def _gather(c: Connection, item: _Item) -> list[str]:
+        """Frame batching: ``item`` and whatever else is queued now (up to about
+        BATCH_FRAME_CHARS), in queue order; superseded conflation slots give nothing."""
+        texts: list[str] = []
+        size = 0
+        while True:
+            if isinstance(item, str):
+                texts.append(item)
+                size += len(item)
+            elif isinstance(item, _Slot):
+                if c.slots.get(item.key) is item:
+                    del c.slots[item.key]
+                if item.text is not None:
+                    texts.append(item.text)
+                    size += len(item.text)
+            else:
+                texts.extend(item.texts)
+                size += sum(len(t) for t in item.texts)
+            if size >= BATCH_FRAME_CHARS:
+                return texts
+            try:
+                item = c.recv.receive_nowait()
+            except trio.WouldBlock:
+                return texts
+
+    async def _write_batch(self, c: Connection, texts: list[str]) -> None:
+        """Send ``texts`` newline-delimited, several to a text frame (a frame holds about
+        BATCH_FRAME_CHARS at most; one message alone is sent as it is). JSON text never holds
+        a raw newline, so a client splits a frame on newlines into whole messages."""
+        start = 0
+        while start < len(texts):
+            end, size = start + 1, len(texts[start])
+            while end < len(texts) and size + len(texts[end]) < BATCH_FRAME_CHARS:
+                size += len(texts[end]) + 1
+                end += 1
+            await c.ws.send_message(texts[start] if end == start + 1
+                                    else "\n".join(texts[start:end]))
+            c.messages_sent += end - start
+            self.messages_sent += end - start
+            start = end
 
     async def _reader(self, c: Connection) -> None:
         rate = _MessageRate()

@@ -10,15 +10,21 @@ path has its own matrix in test_fastpath.py):
 - the sweep: ``Registry.sweep`` reads an index of online clients by last heartbeat instead of
   every client; random histories (heartbeats, clean shutdowns, registrations with their own
   timeouts, removals, reloads of the default timeout, restarts, a wall clock stepped back) give
-  the same events, in the same order, and the same state as ``Registry.sweep_all``.
+  the same events, in the same order, and the same state as ``Registry.sweep_all``;
+- frame batching (opt-in at auth, ``?batch=1`` or ``"batch": true``): the real daemon and real
+  WebSocket clients; a batching connection, its frames split on newlines, gets exactly the
+  messages an unbatched one gets, in the same order — live events of a burst, ``since``
+  replays, messages whose data holds newlines — in fewer frames.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -26,9 +32,14 @@ import pytest
 import trio
 import trio.testing
 
+from rpad.config import Config
 from rpad.models import Heartbeat, Registration
 from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
 from rpad.store import Store
+
+from .wsclient import StartDaemon, Ws, daemons, ws_connect
+
+__all__ = ["daemons"]  # the fixture
 
 T0 = 1_767_225_600.0
 REAL_GUARD_SECONDS = 10.0
@@ -209,3 +220,99 @@ def test_the_indexed_sweep_gives_exactly_what_the_plain_sweep_gives(seed: int) -
         if op[0] == "sweep" and a:
             swept += len(a)
     assert swept > 0 or len(ids) == 3  # the histories do time clients out
+
+
+# -- frame batching ----------------------------------------------------------------------------
+
+BURST = 40
+NETWORK_TIMEOUT_SECONDS = 60
+
+
+class Frames:
+    """Reads a connection frame by frame; a frame is split on newlines into messages."""
+
+    def __init__(self, ws: Ws) -> None:
+        self.ws = ws
+        self.frames = 0
+        self.pending: list[dict[str, Any]] = []
+
+    async def recv(self) -> dict[str, Any]:
+        while not self.pending:
+            raw = await self.ws.conn.get_message()
+            assert isinstance(raw, str)
+            self.frames += 1
+            self.pending = [json.loads(line) for line in raw.split("\n")]
+        return self.pending.pop(0)
+
+    async def until(self, type_: str, **data: Any) -> list[dict[str, Any]]:
+        """Every message up to and including the first of ``type_`` whose data has ``data``."""
+        out = []
+        while True:
+            msg = await self.recv()
+            out.append(msg)
+            if msg["type"] == type_ and all(msg["data"].get(k) == v for k, v in data.items()):
+                return out
+
+
+async def test_a_batching_connection_gets_exactly_what_an_unbatched_one_gets(
+        daemons: StartDaemon, make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(NETWORK_TIMEOUT_SECONDS):
+        r = await daemons(make_config())
+        assert r.ws_url is not None
+        viewer = r.token("viewer", "watcher", topics=["app.*"])
+        topics = ["client_status", "heartbeat", "app.news"]
+        async with ws_connect(r.ws_url, token=viewer) as plain, \
+                ws_connect(r.ws_url + "?batch=1", token=viewer) as by_query, \
+                ws_connect(r.ws_url, established=False) as by_message:
+            assert plain.established["batch"] is False
+            assert by_query.established["batch"] is True
+            # A batch flag that is not a boolean is refused like any bad auth field.
+            await by_message.send(action="auth", token=viewer, batch="yes")
+            err = await by_message.expect("ERROR")
+            assert err["data"]["code"] == "invalid_field" and "batch" in err["data"]["message"]
+            await by_message.send(action="auth", token=viewer, batch=True)
+            assert (await by_message.expect("CONNECTION_ESTABLISHED"))["data"]["batch"] is True
+            readers = {"plain": Frames(plain), "query": Frames(by_query),
+                       "message": Frames(by_message)}
+            for name, f in readers.items():
+                for topic in topics:
+                    await f.ws.send(action="subscribe", topic=topic)
+                    assert (await f.until("SUBSCRIBED", topic=topic))[-1]["data"]["topic"] == topic
+
+            # A burst: one gateway batch (all its events published together after one commit),
+            # then app events whose data holds newlines and other characters JSON escapes.
+            beats = [{"clientId": f"burst-{i}", "status": "busy", "version": "1.0"}
+                     for i in range(BURST)]
+            resp = await r.request("POST", "/api/v1/client/heartbeats", role="service",
+                                   json={"heartbeats": beats})
+            assert resp.status_code == 200 and resp.json()["accepted"] == BURST
+            for text in ["line one\nline two", "tab\tquote\"back\\slash", "ü \u2028 \u0000"]:
+                resp = await r.request("POST", "/api/v1/publish", role="admin", json={
+                    "topic": "app.news", "type": "NEWS", "data": {"text": text}})
+                assert resp.status_code == 200, resp.text
+            resp = await r.request("POST", "/api/v1/publish", role="admin", json={
+                "topic": "app.news", "type": "NEWS", "data": {"text": "end"}})
+            got = {name: await f.until("NEWS", text="end") for name, f in readers.items()}
+
+        assert len(got["plain"]) == 2 * BURST + 4  # connected + heartbeat each, 4 news
+        assert got["query"] == got["plain"]
+        assert got["message"] == got["plain"]
+        assert readers["plain"].frames == len(topics) + len(got["plain"])
+        for name in ("query", "message"):  # the burst went out several messages to a frame
+            assert readers[name].frames < len(topics) + len(got["plain"]) / 2, name
+
+        # A since replay: the missed events of a topic at once, batched the same way.
+        async with ws_connect(r.ws_url, token=viewer) as plain, \
+                ws_connect(r.ws_url + "?batch=true", token=viewer) as batched:
+            replays = {}
+            for name, ws in (("plain", plain), ("batched", batched)):
+                f = Frames(ws)
+                await ws.send(action="subscribe", topic="client_status", since=0)
+                replays[name] = await f.until("CLIENT_CONNECTED", clientId=f"burst-{BURST - 1}")
+                replays[name + " frames"] = f.frames
+        # (SUBSCRIBED is each connection's own reply, stamped when it was made.)
+        assert replays["batched"][0]["data"] == replays["plain"][0]["data"]
+        assert replays["batched"][1:] == replays["plain"][1:]
+        assert replays["plain"][0]["type"] == "SUBSCRIBED"
+        assert len(replays["plain"]) == BURST + 1
+        assert replays["batched frames"] < replays["plain frames"]
