@@ -42,6 +42,8 @@ class HttpConfig:
     # Answer POST /api/v1/client/heartbeat at the ASGI level, in front of Quart (same code,
     # same answers, several times cheaper). false: every request goes through Quart.
     fast_path: bool = True
+    # Reverse proxies (IP addresses) whose X-Forwarded-For/-Host/-Proto headers are believed.
+    trusted_proxies: list[str] = attrs.Factory(list)
 
 
 @attrs.frozen
@@ -345,6 +347,11 @@ def validate(cfg: Config) -> None:
     _check_listen("http.listen", cfg.http.listen, p)
     _check_listen("websocket.listen", cfg.websocket.listen, p)
     positive("http.max_body_bytes", cfg.http.max_body_bytes)
+    for i, proxy in enumerate(cfg.http.trusted_proxies):
+        try:
+            ipaddress.ip_address(proxy)
+        except ValueError:
+            p.append(f"http.trusted_proxies[{i}]: {proxy!r} is not an IP address")
     if cfg.http.graceful_timeout_seconds < 0:
         p.append("http.graceful_timeout_seconds: must not be negative")
     ws = cfg.websocket

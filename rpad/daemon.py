@@ -157,6 +157,7 @@ class Daemon:
         metrics_mod.add_route(app, app_state, self.metrics)
         hub = Hub(cfg.websocket, auth=auth, epoch=self.epoch, wall_clock=self.wall_clock)
         self.hub = hub
+        hub.trusted_proxies = frozenset(cfg.http.trusted_proxies)
         presence.publisher = hub
         self.metrics.hub = hub
         register_hub_routes(app, app_state, hub)
@@ -294,6 +295,7 @@ class Daemon:
             # Ping interval, pong timeout, limits, origins and auth timeout apply at once;
             # queue and history sizes to new connections and topics.
             self.hub.config = new.websocket
+            self.hub.trusted_proxies = frozenset(new.http.trusted_proxies)
 
     def _status_line(self) -> str:
         if self.presence is None:

@@ -33,6 +33,7 @@ from quart import Quart, Response, request
 from . import __version__
 from .config import Config
 from .http import ApiError, json_response
+from .proxy import forwarded_origin
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -141,7 +142,12 @@ def register_dashboard(app: Quart, config: Callable[[], Config],
     @app.get("/api/v1/dashboard-config")
     async def dashboard_config() -> Response:
         cfg = config()
-        secure = request.scheme in ("https", "wss")
-        url = hub_url(cfg, ws_url(), request.headers.get("Host", ""), secure)
+        host, secure = forwarded_origin(
+            request.remote_addr or "", request.headers.get, cfg.http.trusted_proxies,
+            request.headers.get("Host", ""), request.scheme in ("https", "wss"))
+        if cfg.websocket.public_url or (request.remote_addr or "") not in cfg.http.trusted_proxies:
+            url = hub_url(cfg, ws_url(), host, secure)
+        else:  # through a trusted reverse proxy: the hub is at /ws on the page's own origin
+            url = f"{'wss' if secure else 'ws'}://{host}/ws"
         return json_response({"wsUrl": url, "version": __version__},
                              headers={"Cache-Control": "no-store"})

@@ -22,6 +22,7 @@ from typing import Any
 from .auth import require_client_access
 from .http import ApiError, AppState, api_error_from, authenticate, error_body, parse_json_body
 from .models import parse_heartbeat
+from .proxy import client_address
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,10 @@ class HeartbeatFastPath:
                     content_length = None
         client = scope.get("client")
         peer = client[0] if client else "unknown"
+        trusted = self.state.config.http.trusted_proxies
+        if trusted and peer in trusted:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            peer = client_address(peer, headers.get, trusted)
 
         async def read_body(limit: int) -> bytes:
             chunks: list[bytes] = []

@@ -31,6 +31,7 @@ from .models import (
     parse_registration,
 )
 from .presence import MAX_BATCH_HEARTBEATS, Presence
+from .proxy import client_address
 from .registry import RateLimited, UnknownClient
 from .store import StorageUnavailable
 
@@ -166,7 +167,8 @@ def create_app(state: AppState) -> Quart:
     presence = state.presence
 
     def peer() -> str:
-        return request.remote_addr or "unknown"
+        return client_address(request.remote_addr or "unknown",
+                              request.headers.get, state.config.http.trusted_proxies)
 
     def principal() -> Principal:
         return authenticate(state, request.headers.get("Authorization"), peer())

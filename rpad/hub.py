@@ -81,6 +81,7 @@ from trio_websocket import (
 from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
 from .models import has_lone_surrogate, iso
+from .proxy import client_address
 from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, HEARTBEAT_RECEIVED, Event
 
 log = logging.getLogger(__name__)
@@ -387,6 +388,8 @@ class Hub:
         self.epoch = epoch
         self.wall_clock = wall_clock
         self.url = ""
+        # Reverse proxies whose X-Forwarded-For names the real client (http.trusted_proxies).
+        self.trusted_proxies: frozenset[str] = frozenset()
         # Addresses with too many failed authentications are refused (4001) for a while.
         self.limiter: AuthLimiter = _NoLimit()
         self._connections: dict[str, Connection] = {}
@@ -488,7 +491,8 @@ class Hub:
             remote = request.remote
         except OSError:  # ENOTCONN: the peer reset the connection during the handshake
             return
-        address = str(getattr(remote, "address", remote))
+        address = client_address(str(getattr(remote, "address", remote)), headers.get,
+                                 self.trusted_proxies)
         if self._closing.is_set():
             await self._refuse(ws, CLOSE_GOING_AWAY, "server going away")
             return
