@@ -162,7 +162,8 @@ def load_keys(cfg: Config, *, generate: bool = True) -> Keys:
             path = cfg.secret_path
             if not path.exists():
                 if not generate:
-                    raise ValueError(f"{path} does not exist yet: start `rpad serve` once, or set auth.secret_file")
+                    raise ValueError(f"{path} does not exist: start `rpad serve` once, set auth.secret_file, "
+                                     "or pass `rpad token --secret-file PATH`")
                 try:
                     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
                     _create_durably(path, (pysecrets.token_urlsafe(SECRET_BYTES) + "\n").encode())

@@ -103,11 +103,18 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     from .auth import Authenticator, load_keys, parse_ttl
 
+    import attrs
+
     cfg = _load_config(args.config)
+    if args.secret_file:
+        cfg = attrs.evolve(cfg, auth=attrs.evolve(cfg.auth, secret_file=args.secret_file))
     try:
         ttl = parse_ttl(args.ttl)
-        keys = load_keys(cfg)
-    except ValueError as exc:
+        # Only on the built-in defaults may a first `rpad token` create the secret that
+        # `rpad serve` will then use. With a config, a missing secret means the wrong place
+        # (e.g. a systemd credential): refuse rather than sign with a new, unknown secret.
+        keys = load_keys(cfg, generate=args.config is None and not args.secret_file)
+    except (ValueError, OSError) as exc:
         print(f"rpad token: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     gen = args.gen
@@ -169,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topics", nargs="*", metavar="GLOB", help="extra topics it may subscribe to")
     p.add_argument("--publish", nargs="*", metavar="GLOB", help="topics it may publish to")
     p.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--secret-file", metavar="PATH",
+                   help="sign with this HS256 secret instead of the configured one (for example "
+                        "/etc/rpad/jwt.secret, which rpad.service loads as its credential)")
     p.add_argument("--config", metavar="PATH")
     p.set_defaults(func=cmd_token)
 
