@@ -153,7 +153,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     try:
         load_keys(cfg, generate=False)
     except ValueError as exc:
-        if "does not exist yet" not in str(exc):
+        if "does not exist" not in str(exc):
             print(f"rpad: invalid configuration: {exc}", file=sys.stderr)
             return EXIT_FAILURE
     print(f"{args.config or 'built-in defaults'}: ok")
