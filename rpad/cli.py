@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -67,6 +68,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 print("  get a token with: rpad token --role admin --sub you", flush=True)
 
     try:
+        # Until the daemon's signal receiver is open, a SIGHUP (an early `systemctl reload`)
+        # must not kill the process, which is SIGHUP's default action.
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
         trio.run(main)
     except KeyboardInterrupt:
         return EXIT_OK

@@ -23,6 +23,8 @@ from .auth import require_client_access
 from .http import ApiError, AppState, api_error_from, authenticate, error_body, parse_json_body
 from .models import parse_heartbeat
 from .proxy import client_address
+from .registry import RateLimited, UnknownClient
+from .store import StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ HEARTBEAT_PATH = "/api/v1/client/heartbeat"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 
 Answer = tuple[int, Any, dict[str, str]]
+# The heartbeats_by_result label of a heartbeat refused before it reached Presence.
+_REJECTED = {401: "unauthorized", 403: "forbidden", 429: "unauthorized"}
 
 
 def _dumps(body: Any) -> bytes:
@@ -62,6 +66,9 @@ async def handle_heartbeat(
         return 200, await state.presence.heartbeat(hb, peer), {}
     except Exception as exc:  # only the domain's errors are translated; others re-raise
         err = api_error_from(exc)
+        if not isinstance(exc, RateLimited | UnknownClient | StorageUnavailable):
+            # Refused before reaching Presence (which counts its own refusals).
+            state.presence.count_heartbeat(_REJECTED.get(err.status, "invalid"))
         return err.status, error_body(err.status, err.code, err.message, err.details), err.headers
 
 

@@ -62,8 +62,8 @@ COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 # Label values that exist from the start (a counter that is absent until its first increment
 # makes rate() and alerts awkward).
-HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "invalid", "forbidden",
-                     "storage_error")
+HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "invalid", "unauthorized",
+                     "forbidden", "storage_error")
 CLIENT_STATUSES = (ONLINE, OFFLINE, UNKNOWN)
 TRANSITIONS = {CLIENT_CONNECTED: "online", CLIENT_DISCONNECTED: "offline", CLIENT_REMOVED: "removed"}
 

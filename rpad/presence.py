@@ -96,6 +96,10 @@ class Presence:
     def _count(self, result: str) -> None:
         self.heartbeats_by_result[result] = self.heartbeats_by_result.get(result, 0) + 1
 
+    def count_heartbeat(self, result: str) -> None:
+        """Count a heartbeat refused before it got here (bad token, bad body)."""
+        self._count(result)
+
     def _stage(self, events: Sequence[Event]) -> None:
         for ev in events:
             if ev.is_transition:

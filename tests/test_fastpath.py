@@ -90,7 +90,10 @@ async def _run_matrix(d: Running) -> list[tuple[str, int, Any, str | None]]:
 async def _one(nursery: trio.Nursery, cfg: Config) -> list[tuple[str, int, Any, str | None]]:
     d = await start_daemon(nursery, cfg)
     try:
-        return await _run_matrix(d)
+        results = await _run_matrix(d)
+        assert d.daemon.presence is not None
+        counted = dict(d.daemon.presence.heartbeats_by_result)
+        return [*results, ("heartbeats_by_result", 0, counted, None)]
     finally:
         await d.http.aclose()
         d.daemon.stop()
@@ -108,6 +111,11 @@ async def test_fast_path_and_quart_route_answer_identically(
         slow = await _one(nursery, config_mod.from_dict(config_dict(tmp_path / "slow", http={"fast_path": False})))
     for f, s in zip(fast, slow, strict=True):
         assert f == s, f"{f[0]}: fast path {f[1:]} != Quart route {s[1:]}"
+    counted = fast.pop()[2]
+    slow.pop()
+    # Every request is counted once, by result, on both paths.
+    assert counted == {"accepted": 4, "rate_limited": 1, "forbidden": 2, "unauthorized": 4,
+                       "invalid": 8}
     statuses = {name: status for name, status, _, _ in fast}
     assert statuses == {
         "seed payload": 200, "camelCase with metrics": 200, "agent for itself": 200,
