@@ -220,7 +220,7 @@ async def _current_generation(http: httpx.AsyncClient, rpad: Rpad, auth: Authent
                               agent: str) -> int:
     """After an unacknowledged revocation the generation is 'one of two': ask rpad which, by
     trying a token of each."""
-    for gen in range(0, 1000):
+    for gen in range(1000):
         token = auth.mint(role="agent", sub=agent, ttl_seconds=60, gen=gen)
         resp = await http.get(f"{rpad.http_url}/api/v1/client/heartbeat/status/{agent}",
                               headers={"Authorization": f"Bearer {token}"})
@@ -287,7 +287,7 @@ async def _check_after_restart(rpad: Rpad, http: httpx.AsyncClient, auth: Authen
     for agent in {a for a, _ in ledger.revoked} | set(ledger.generation):
         if agent not in ledger.generation:  # a revocation was in flight at the kill
             ledger.generation[agent] = await _current_generation(http, rpad, auth, agent)
-    return epoch
+    return str(epoch)
 
 
 async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> None:
@@ -299,7 +299,8 @@ async def test_kill_9_under_load_loses_nothing_acknowledged(tmp_path: Path) -> N
     epochs: list[str] = []
     last_seq = 0
     log_path = tmp_path / "rpad.log"
-    with open(log_path, "ab") as log, trio.fail_after(WHOLE_TEST_SECONDS):
+    # (A real file for the children's stderr; opened once, before any load.)
+    with open(log_path, "ab") as log, trio.fail_after(WHOLE_TEST_SECONDS):  # noqa: ASYNC230
         async with httpx.AsyncClient(timeout=10) as http:
             rpad = await _start(cfg_path, log)
             killed_at = 0.0

@@ -103,10 +103,10 @@ def serve(tmp: Path, extra_config: str = "", log_level: str = "info") -> Iterato
     """``rpad serve`` on ports 0 in ``tmp``; stopped with SIGTERM afterwards (exit status 0)."""
     cfg_path = write_config(tmp, extra_config, log_level)
     log_path = tmp / "rpad.log"
-    log = open(log_path, "wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rpad", "serve", "--config", str(cfg_path)],
-        stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "rpad", "serve", "--config", str(cfg_path)],
+            stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         assert process.stdout is not None
         out = b""
@@ -133,7 +133,7 @@ def serve(tmp: Path, extra_config: str = "", log_level: str = "info") -> Iterato
                                        "fuzz-secret-" + "k" * 40, algorithm="HS256")
         tokens["wrong-key"] = jwt.encode({"sub": "x", "role": "admin"}, "another-secret-" * 3,
                                          algorithm="HS256")
-        tokens["alg-none"] = jwt.encode({"sub": "x", "role": "admin"}, None, algorithm="none")
+        tokens["alg-none"] = jwt.encode({"sub": "x", "role": "admin"}, "", algorithm="none")
         yield Served(process, http_url, ws_url, auth, log_path, tokens)
     finally:
         if process.poll() is None:
@@ -145,7 +145,6 @@ def serve(tmp: Path, extra_config: str = "", log_level: str = "info") -> Iterato
                 process.wait()
         if process.stdout is not None:
             process.stdout.close()
-        log.close()
 
 
 def assert_clean_log(served: Served) -> None:
@@ -267,15 +266,15 @@ content_types = st.one_of(st.none(), st.sampled_from(
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40))
 
 
-def _headers(served: Served, credential: str | None, content_type: str | None) -> dict[str, bytes]:
-    headers: dict[str, bytes] = {}
+def _headers(served: Served, credential: str | None, content_type: str | None) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = {}
     if credential is not None:
         if credential.startswith("raw:"):
-            headers["Authorization"] = credential[4:].encode("latin-1")
+            headers[b"Authorization"] = credential[4:].encode("latin-1")
         else:
-            headers["Authorization"] = f"Bearer {served.tokens[credential]}".encode()
+            headers[b"Authorization"] = f"Bearer {served.tokens[credential]}".encode()
     if content_type is not None:
-        headers["Content-Type"] = content_type.encode("latin-1")
+        headers[b"Content-Type"] = content_type.encode("latin-1")
     return headers
 
 

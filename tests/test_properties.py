@@ -142,9 +142,10 @@ class RegistryMachine(RuleBasedStateMachine):
                 msg = json.loads(text)
                 assert (msg["topic"], msg["seq"]) == (t, seq)
         for e in events:  # each event's message carries the event's own time
-            assert any(json.loads(text)["ts"] == iso(e.at)
-                       for _, text in self.hub._topics[TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED
-                                                       else TOPIC_CLIENT_STATUS].history)
+            history = self.hub._topics[TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED
+                                       else TOPIC_CLIENT_STATUS].history
+            assert history is not None
+            assert any(json.loads(text)["ts"] == iso(e.at) for _, text in history)
 
     @initialize(auto=st.booleans())
     def choose_registration_policy(self, auto: bool) -> None:

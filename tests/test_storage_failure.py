@@ -50,7 +50,7 @@ def _cannot(reason: str) -> None:
 
 
 def _run(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
 
 
 def _umount(path: Path) -> None:
@@ -335,22 +335,22 @@ async def test_read_only_filesystem_503_reads_keep_working_and_nothing_acked_is_
         r = await nursery.start(run_daemon)
         ledger = Ledger()
         events: list[dict[str, Any]] = []
-        async with trio.open_nursery() as watchers:
-            async with ws_connect(r.ws_url, token=r.token("viewer", "dashboard")) as ws:
-                await ws.subscribe("client_status")
-                watchers.start_soon(_collect, ws, events)
-                await _before(r, ledger)
+        async with trio.open_nursery() as watchers, \
+                ws_connect(r.ws_url, token=r.token("viewer", "dashboard")) as ws:
+            await ws.subscribe("client_status")
+            watchers.start_soon(_collect, ws, events)
+            await _before(r, ledger)
 
-                await trio.to_thread.run_sync(_trigger_fs_error, mnt)
-                with pytest.raises(OSError):
-                    (mnt / "probe").write_text("x")  # the kernel made it read-only
-                await _writes_fail(r, ledger)
-                await _reads_work(r, "steady-0")
-                with trio.fail_after(HEARTBEAT_TIMEOUT_SECONDS * 5):
-                    await _wait_for(events, lambda m: m["type"] == "CLIENT_DISCONNECTED"
-                                    and m["data"]["clientId"] == "doomed")
-                assert (await r.request("GET", "/api/v1/clients/doomed")).json()["status"] == "offline"
-                watchers.cancel_scope.cancel()
+            await trio.to_thread.run_sync(_trigger_fs_error, mnt)
+            with pytest.raises(OSError):
+                (mnt / "probe").write_text("x")  # the kernel made it read-only
+            await _writes_fail(r, ledger)
+            await _reads_work(r, "steady-0")
+            with trio.fail_after(HEARTBEAT_TIMEOUT_SECONDS * 5):
+                await _wait_for(events, lambda m: m["type"] == "CLIENT_DISCONNECTED"
+                                and m["data"]["clientId"] == "doomed")
+            assert (await r.request("GET", "/api/v1/clients/doomed")).json()["status"] == "offline"
+            watchers.cancel_scope.cancel()
         # A clean stop even though the final commit cannot happen.
         await r.http.aclose()
         r.daemon.stop()
