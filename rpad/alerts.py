@@ -38,6 +38,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any
 
 import attrs
@@ -128,6 +129,11 @@ class _Target:
         raise NotImplementedError
 
     @property
+    def label(self) -> str:
+        """How logs name the target (never a secret)."""
+        return self.name
+
+    @property
     def queued(self) -> int:
         return self._send.statistics().current_buffer_used
 
@@ -140,7 +146,7 @@ class _Target:
             self.dropped += 1
             if self.dropped % DROP_LOG_EVERY == 1:
                 log.warning("%s %s: queue full, alert dropped (%d dropped so far)",
-                            self.kind, self.name, self.dropped)
+                            self.kind, self.label, self.dropped)
 
     async def attempt(self, alert: Alert) -> tuple[bool, bool, str]:
         """One delivery attempt: (delivered, worth retrying, what happened)."""
@@ -154,7 +160,7 @@ class _Target:
         finally:
             left = self.queued
             if left:
-                log.warning("%s %s: %d queued alerts not delivered", self.kind, self.name, left)
+                log.warning("%s %s: %d queued alerts not delivered", self.kind, self.label, left)
 
     async def deliver(self, alert: Alert, sleep: Sleep) -> bool:
         what = ""
@@ -165,15 +171,15 @@ class _Target:
             ok, retry, what = await self.attempt(alert)
             if ok:
                 self.delivered += 1
-                log.debug("%s %s: %s for %s delivered", self.kind, self.name, alert.event,
+                log.debug("%s %s: %s for %s delivered", self.kind, self.label, alert.event,
                           alert.client_id)
                 return True
-            log.info("%s %s: attempt %d of %d for %s %s failed: %s", self.kind, self.name,
+            log.info("%s %s: attempt %d of %d for %s %s failed: %s", self.kind, self.label,
                      n + 1, self.max_attempts, alert.event, alert.client_id, what)
             if not retry:
                 break
         self.failed += 1
-        log.warning("%s %s: gave up on %s for %s: %s", self.kind, self.name, alert.event,
+        log.warning("%s %s: gave up on %s for %s: %s", self.kind, self.label, alert.event,
                     alert.client_id, what)
         return False
 
@@ -194,6 +200,14 @@ class Webhook(_Target):
     @property
     def name(self) -> str:
         return self.config.url
+
+    @property
+    def label(self) -> str:
+        # A webhook URL's path and query often carry a token (Slack, Teams, ...): logs show
+        # only where it goes.
+        parts = urlsplit(self.config.url)
+        port = f":{parts.port}" if parts.port else ""
+        return f"{parts.scheme}://{parts.hostname}{port}/…"
 
     def headers(self, alert: Alert) -> dict[str, str]:
         h = {"Content-Type": "application/json", "X-Rpad-Event": alert.event,

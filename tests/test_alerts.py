@@ -515,3 +515,12 @@ async def test_email_retried_when_smtp_server_is_down() -> None:
                 await trio.sleep(0.01)
             assert email.attempts == 2 and email.failed == 0
             nursery.cancel_scope.cancel()
+
+
+def test_logs_name_a_webhook_without_its_path_or_query() -> None:
+    from rpad.alerts import Webhook
+    from rpad.config import WebhookConfig
+
+    hook = Webhook(WebhookConfig(url="https://hooks.example.com:8443/services/T0/SECRET?token=abc"))
+    assert hook.label == "https://hooks.example.com:8443/…"
+    assert "SECRET" not in hook.label and "abc" not in hook.label
