@@ -9,7 +9,7 @@ distinct client ids. Runs alternate (trivial app, rpad, trivial app, rpad, ...) 
 same machine; each figure is the median of ``--runs`` runs, and the ratio is the median of the
 per-pair ratios. Prints a small table.
 
-    python bench/http_heartbeat.py [--runs 5] [--seconds 5] [--connections 32]
+    python bench/http_heartbeat.py [--runs 5] [--seconds 5] [--connections 64]
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpad-bench-") as tmp:
