@@ -14,7 +14,9 @@ The load, all on loopback, every part in its own process:
   every topic's ``seq`` runs without a gap on each connection, and time every event they
   receive from its ``ts`` (the server's wall clock when the event happened, ms precision) to
   their own wall clock when they read it: the *event latency*, which includes the durable
-  commit and the fan-out.
+  commit and the fan-out. A dashboard that is disconnected (say 4008, slow consumer) does what
+  SPEC §5 tells clients to do: it connects again and subscribes with ``since``; the report
+  counts the disconnections, and a resume that does not recover (or any gap) is an error.
 
 Every ``--window`` (60 s) the report has a line: rpad's RSS and CPU, heartbeats answered and
 refused, event deliveries, event latency p50/p99/max, seq gaps, disconnections. At the end:
@@ -118,6 +120,9 @@ def subscriber_process(index: int, ws_url: str, tokens: list[str], t0_box: Any, 
     deliveries = [0] * windows
     latencies: list[list[float]] = [[] for _ in range(windows)]
     gaps = 0
+    unrecovered = 0
+    resumed = 0
+    failed_reconnects = 0
     types: dict[bytes, int] = {}
     disconnects: dict[str, int] = {}
     last_seq: list[dict[bytes, int]] = [{} for _ in conns]
@@ -125,9 +130,31 @@ def subscriber_process(index: int, ws_url: str, tokens: list[str], t0_box: Any, 
     by_fd = {s.fileno(): k for k, (s, _) in enumerate(conns)}
     for fd in by_fd:
         ep.register(fd, select.EPOLLIN)
-    open_conns = set(by_fd)
+
+    def resume(k: int) -> None:
+        """What a dashboard does after a disconnection: connect again and subscribe with
+        ``since`` = the last seq it saw of each topic."""
+        nonlocal resumed, failed_reconnects
+        try:
+            sock, rest = wsload.connect(f"{ws_url}?token={tokens[k]}")
+        except Exception:  # noqa: BLE001 - counted; the connection stays gone
+            failed_reconnects += 1
+            return
+        for topic in topics_of[k]:
+            msg: dict[str, Any] = {"action": "subscribe", "topic": topic}
+            since = last_seq[k].get(topic.encode())
+            if since is not None and topic != "servers":
+                msg["since"] = since
+            sock.setblocking(True)
+            sock.sendall(wsload.client_frame(json.dumps(msg).encode()))
+            sock.setblocking(False)
+        conns[k] = (sock, [rest])
+        by_fd[sock.fileno()] = k
+        ep.register(sock.fileno(), select.EPOLLIN)
+        resumed += 1
+
     deadline = t0 + duration
-    while time.time() < deadline and open_conns:
+    while time.time() < deadline:
         for fd, _ in ep.poll(0.2):
             k = by_fd[fd]
             sock, bufbox = conns[k]
@@ -139,11 +166,7 @@ def subscriber_process(index: int, ws_url: str, tokens: list[str], t0_box: Any, 
                 data = b""
                 disconnects[repr(exc)] = disconnects.get(repr(exc), 0) + 1
             now = time.time()
-            if not data:
-                ep.unregister(fd)
-                open_conns.discard(fd)
-                disconnects["eof"] = disconnects.get("eof", 0) + 1
-                continue
+            closed = not data
             buf = bufbox[0] + data
             frames, used = wsload.parse_frames(buf)
             bufbox[0] = buf[used:]
@@ -159,6 +182,9 @@ def subscriber_process(index: int, ws_url: str, tokens: list[str], t0_box: Any, 
                     seq_text: bytes = m.group(3)
                     ts: bytes | None = m.group(4)
                     types[type_] = types.get(type_, 0) + 1
+                    if type_ == b"SUBSCRIBED" and b'"recovered":false' in buf[start:end] \
+                            and b'"topic":"servers"' not in buf[start:end]:
+                        unrecovered += 1  # (servers keeps no history: a fresh list comes)
                     if msg_topic is not None and seq_text != b"null":
                         seq = int(seq_text)
                         prev = last_seq[k].get(msg_topic)
@@ -175,12 +201,21 @@ def subscriber_process(index: int, ws_url: str, tokens: list[str], t0_box: Any, 
                 elif op == wsload.OP_CLOSE:
                     code = int.from_bytes(buf[start:start + 2], "big") if end - start >= 2 else 1005
                     disconnects[f"close {code}"] = disconnects.get(f"close {code}", 0) + 1
+                    closed = True
+            if closed:
+                ep.unregister(fd)
+                del by_fd[fd]
+                sock.close()
+                if not data:
+                    disconnects["eof"] = disconnects.get("eof", 0) + 1
+                resume(k)
     ep.close()
     for sock, _ in conns:
         sock.close()
     out.put({"index": index, "connected": len(conns), "deliveries": deliveries,
              "latencies": latencies, "gaps": gaps, "disconnects": disconnects,
-             "still_open": len(open_conns),
+             "resumed": resumed, "unrecovered": unrecovered,
+             "failed_reconnects": failed_reconnects,
              "types": {k.decode(): v for k, v in types.items()}})
 
 
@@ -307,7 +342,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         # The agents are open loop: after a stall they catch up in a burst, which the minimum
         # interval would refuse (429); they beat every 2 s on average all the same.
         presence={"min_interval_seconds": 0, "heartbeat_timeout_seconds": 60.0},
-        websocket={"max_connections_per_user": 5},
+        websocket={"max_connections_per_user": 5, "queue_size": args.queue_size},
     )
     with Rpad(work, config) as rpad:
         assert rpad.ws_url is not None
@@ -424,6 +459,11 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
     gaps = sum(s.get("gaps", 0) for s in subs)
     if gaps:
         errors["seq gaps"] = gaps
+    for key, label in (("unrecovered", "resumes without recovery"),
+                       ("failed_reconnects", "failed reconnects")):
+        count = sum(s.get(key, 0) for s in subs)
+        if count:
+            errors[label] = count
     disconnects: dict[str, int] = {}
     types: dict[str, int] = {}
     for s in subs:
@@ -461,6 +501,7 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
     after_warm = p99s[1:] if len(p99s) > 1 else p99s
     return {
         "settings": {"minutes": args.minutes, "window": window, "subscribers": args.subscribers,
+                     "queueSize": args.queue_size,
                      "clients": args.clients, "rate": args.rate,
                      "statusChangesPerSecond": args.status_changes, "flapsPerSecond": args.flaps,
                      "agentsChangingStatus": agent["changers"], "agentsFlapping": agent["flappers"]},
@@ -479,6 +520,7 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
         "windows": rows,
         "errors": errors,
         "disconnects": disconnects,
+        "resumedWithSince": sum(s.get("resumed", 0) for s in subs),
         "messagesByType": dict(sorted(types.items())),
         "hub": {k: hub_stats.get(k) for k in ("activeConnections", "slowConsumers",
                                               "disconnections", "internalErrors",
@@ -506,7 +548,8 @@ def _print(report: dict[str, Any]) -> None:
           f"(target < {RSS_GROWTH_TARGET * 100:g} %)")
     print(f"event p99 after warm-up: {report['p99MsAfterWarmup']}; rpad CPU "
           f"{report['rpadCpuPercent']} % of a core; sender backlog max {report['senderBacklogMax']}")
-    print(f"errors: {report['errors'] or 'none'}; disconnects: {report['disconnects'] or 'none'}")
+    print(f"errors: {report['errors'] or 'none'}; disconnects: {report['disconnects'] or 'none'} "
+          f"(resumed with since: {report['resumedWithSince']})")
     print(f"messages received by type: {report['messagesByType']}")
     print(f"hub: {report['hub']}")
 
@@ -522,6 +565,8 @@ def main() -> None:
                         help="reported-status changes per second (CLIENT_STATUS_UPDATE)")
     parser.add_argument("--flaps", type=float, default=1.0,
                         help="offline/online transitions per second")
+    parser.add_argument("--queue-size", type=int, default=256,
+                        help="websocket.queue_size (rpad's default: 256)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpad-soak-") as tmp:

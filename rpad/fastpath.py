@@ -138,8 +138,8 @@ class ReadBodyFirst:
     An answer given before the body has arrived (a 401 for a bad token is decided from the
     headers alone) would otherwise make Hypercorn drop or stall the keep-alive connection when
     the body comes in a later TCP segment, and the client's *next* request on it would fail. A
-    body over the limit is passed on as it stands (the application answers 413 and the
-    connection closes, as it should).
+    body over the limit is passed on as it stands: the application answers 413, with
+    ``Connection: close`` added, since the rest of that body is never read.
     """
 
     def __init__(self, app: Any, max_body_bytes: Callable[[], int]) -> None:
