@@ -385,7 +385,7 @@ def test_a_secret_is_generated_once_owner_only(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
     cfg = make_config(tmp_path)
-    with pytest.raises(ValueError, match="does not exist yet"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_keys(cfg, generate=False)
     keys = load_keys(cfg)
     path = tmp_path / "state" / "jwt.secret"
