@@ -169,8 +169,11 @@ MAX_TOPICS = 2000
 MAX_CLOSE_REASON_BYTES = 123
 # Frame batching (opt-in at auth): the queued messages of a connection go out together, joined
 # by newlines into one text frame of about this many characters at most (a single larger
-# message goes alone).
+# message goes alone). Topic messages for a batching connection are gathered for this long
+# from the first one, then go to its queue together (events published one by one, as app
+# events are, would otherwise each go out alone while the writers keep up).
 BATCH_FRAME_CHARS = 64 * 1024
+BATCH_DELAY_SECONDS = 0.005
 # Messages from one connection: a sustained rate and a burst (a token bucket). Over it, messages
 # are dropped (the first with ERROR rate_limited); after FLOOD_CLOSE_AFTER_DROPPED drops the
 # connection is closed with 4029. A dashboard sends a handful per minute.
@@ -260,6 +263,13 @@ class _Batch:
         self.texts = texts
 
 
+class _Frame(_Batch):
+    """A batching connection's topic messages gathered since the last flush (one queue
+    place); they count in its ``backlog`` until its writer takes them."""
+
+    __slots__ = ()
+
+
 _Item = str | _Slot | _Batch
 
 
@@ -287,8 +297,13 @@ class Connection:
     expires_at: float = math.inf
     messages_sent: int = 0
     messages_received: int = 0
-    # Frame batching, asked for at auth (``?batch=1`` or ``"batch": true``).
+    # Frame batching, asked for at auth (``?batch=1`` or ``"batch": true``): topic messages
+    # wait in ``pending`` until the hub's flusher (or any other message for this connection,
+    # which must not overtake them) moves them to the queue as one item. ``backlog``: topic
+    # messages not yet taken by the writer (pending or queued), at most ``queue_size``.
     batch: bool = False
+    pending: list[str] = attrs.Factory(list)
+    backlog: int = 0
     close_code: int | None = None
     close_reason: str = ""
     scope: trio.CancelScope | None = None
@@ -309,10 +324,10 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        return self.recv.statistics().current_buffer_used + len(self.deferred)
+        return (self.recv.statistics().current_buffer_used + len(self.deferred)
+                + len(self.pending))
 
-    def offer(self, item: _Item) -> bool:
-        """Queue without waiting. False means the queue is full."""
+    def _put(self, item: _Item) -> bool:
         try:
             self.send.send_nowait(item)
         except trio.WouldBlock:
@@ -321,8 +336,25 @@ class Connection:
             pass  # closing: nothing more is sent
         return True
 
+    def flush(self) -> bool:
+        """Move a batching connection's pending topic messages to its queue as one item.
+        False means the queue is full (they stay pending)."""
+        if not self.pending:
+            return True
+        if not self._put(_Frame(self.pending)):
+            return False
+        self.pending = []
+        return True
+
+    def offer(self, item: _Item) -> bool:
+        """Queue without waiting (after any pending topic messages, which go first). False
+        means the queue is full."""
+        return (not self.pending or self.flush()) and self._put(item)
+
     def offer_latest(self, key: str, text: str) -> bool:
         """Queue a conflatable message; returns True if it superseded one still waiting."""
+        if self.pending:
+            self.flush()  # when the queue is full they stay; the flusher finds it slow
         old = self.slots.get(key)
         slot = _Slot(key, text)
         try:
@@ -419,6 +451,9 @@ class Hub:
         self.conflated = 0
         # Messages discarded from the queues of closing connections.
         self.dropped = 0
+        # Batching connections with topic messages waiting for the flusher.
+        self._dirty: list[Connection] = []
+        self._dirty_event = trio.Event()
         for name in BUILTIN_TOPICS:
             self._topic(name)
 
@@ -442,6 +477,7 @@ class Hub:
                     bound = [e for e in server.listeners if isinstance(e, Endpoint)]
                     self.url = f"{bound[0].url}{WS_PATHS[0]}"
                     self._accepting = True
+                    acceptor.start_soon(self._flusher)
                     task_status.started(self.url)
                     await self._closing.wait()
                     self._accepting = False
@@ -675,11 +711,13 @@ class Hub:
         c.send.close()
         while True:
             try:
-                c.recv.receive_nowait()
+                item = c.recv.receive_nowait()
             except (trio.WouldBlock, trio.EndOfChannel):
                 break
-            self.dropped += 1
-        self.dropped += len(c.deferred)
+            self.dropped += len(item.texts) if isinstance(item, _Frame) else 1
+        self.dropped += len(c.deferred) + len(c.pending)
+        c.pending.clear()
+        c.backlog = 0
         c.slots.clear()
         c.deferred.clear()
         if code == CLOSE_SLOW_CONSUMER:
@@ -749,6 +787,8 @@ class Hub:
             else:
                 texts.extend(item.texts)
                 size += sum(len(t) for t in item.texts)
+                if isinstance(item, _Frame):
+                    c.backlog -= len(item.texts)
             if size >= BATCH_FRAME_CHARS:
                 return texts
             try:
@@ -1063,12 +1103,36 @@ class Hub:
                     self.conflated += 1
             return len(t.subscribers)
         slow: list[Connection] = []
+        limit = self.config.queue_size
         for c in t.subscribers:
-            if not c.offer(text):
+            if c.batch:  # gathered until the flusher's next round (see _flusher)
+                if not c.pending:
+                    if not self._dirty:
+                        self._dirty_event.set()
+                    self._dirty.append(c)
+                c.pending.append(text)
+                c.backlog += 1
+                if c.backlog > limit:
+                    slow.append(c)
+            elif not c.offer(text):
                 slow.append(c)
         for c in slow:
             self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
         return len(t.subscribers)  # the slow ones have left
+
+    async def _flusher(self) -> None:
+        """Frame batching: BATCH_DELAY_SECONDS after a batching connection got a topic message,
+        the messages it got meanwhile go to its queue as one item (one frame, or a few if
+        large). One timer for every batching connection; none while there is no such
+        message."""
+        while True:
+            await self._dirty_event.wait()
+            await trio.sleep(BATCH_DELAY_SECONDS)
+            dirty, self._dirty = self._dirty, []
+            self._dirty_event = trio.Event()
+            for c in dirty:
+                if c.close_code is None and not c.flush():
+                    self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
 
     def register_state_topic(self, topic: str, type_: str, build_json: Callable[[], str], *,
                              version: Callable[[], object] | None = None) -> None:
