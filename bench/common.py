@@ -54,6 +54,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_SECOND
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return int(fields[11]) / CLOCK_TICKS_PER_SECOND, int(fields[12]) / CLOCK_TICKS_PER_SECOND
+
+
 def rss_bytes(pid: int) -> int:
     """Resident set size of a process, in bytes."""
     with open(f"/proc/{pid}/statm") as f:
@@ -73,13 +80,24 @@ class CpuWindow:
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._start = {p: cpu_seconds(p) for p in self.pids}
+        self._split0 = {p: cpu_split(p) for p in self.pids}
 
     def stop(self) -> None:
         self._end = {}
+        self._split1: dict[int, tuple[float, float]] = {}
         for p in self.pids:
             with contextlib.suppress(OSError):
                 self._end[p] = cpu_seconds(p)
+                self._split1[p] = cpu_split(p)
         self._t1 = time.monotonic()
+
+    def system_share(self, pid: int) -> float:
+        """The part of a process's CPU time in the window spent in the kernel (0..1)."""
+        if pid not in self._split1:
+            return float("nan")
+        user = self._split1[pid][0] - self._split0[pid][0]
+        system = self._split1[pid][1] - self._split0[pid][1]
+        return system / (user + system) if user + system > 0 else float("nan")
 
     def percent(self, pid: int) -> float:
         wall = self._t1 - self._t0
@@ -201,12 +219,17 @@ def rpad_config(state_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
 class Rpad(Server):
     """``python -m rpad serve --config <tmp>/rpad.toml``; ``http_url``/``ws_url`` once ready."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], *,
+                 lift_message_limit: bool = False) -> None:
+        """``lift_message_limit``: run bench/rpad_serve.py (the same daemon without the hub's
+        limit on client messages per connection) for a publisher that floods on purpose."""
         workdir.mkdir(parents=True, exist_ok=True)
         self.config_path = workdir / "rpad.toml"
         write_toml(self.config_path, config)
         self._auth: Any = None
-        super().__init__([PYTHON, "-m", "rpad", "serve", "--config", str(self.config_path)],
+        launcher = [str(BENCH_DIR / "rpad_serve.py")] if lift_message_limit else ["-m", "rpad"]
+        argv = [PYTHON, *launcher] + ([] if lift_message_limit else ["serve"])
+        super().__init__([*argv, "--config", str(self.config_path)],
                          workdir / "rpad.log", r"HTTP API (?P<http>http://\S+)")
 
     def __enter__(self) -> Rpad:

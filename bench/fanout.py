@@ -2,9 +2,11 @@
 of its layer and to another library, side by side.
 
 Servers, each in its own process:
-- ``rpad``: the daemon (``python -m rpad serve``); subscribers subscribe to an app topic; the
-  publisher sends the hub's ``publish`` action (an admin token) — rpad wraps each event in its
-  envelope, keeps it in the topic's history and fans it out through every subscriber's queue;
+- ``rpad``: the daemon (bench/rpad_serve.py: ``rpad serve`` without the hub's flood guard on
+  client messages); subscribers subscribe to an app topic; the publisher sends the hub's
+  ``publish`` action (an admin token; its connection batches the PUBLISHED answers) — rpad
+  wraps each event in its envelope, keeps it in the topic's history and fans it out through
+  every subscriber's queue;
 - ``rpad-batch``: the same daemon, with subscribers that asked for frame batching at auth;
 - ``trio``: a bare trio-websocket send loop (bench/ws_servers.py) — the floor of rpad's layer;
 - ``websockets``: the ``websockets`` library's ``broadcast()`` (asyncio; bench/ws_servers.py).
@@ -32,7 +34,7 @@ from typing import Any
 import wsload
 from common import (BENCH_DIR, PYTHON, CpuWindow, Rpad, Server, median, rpad_config)
 
-WINDOW = 64
+WINDOW = 200
 TOPIC = "bench.fanout"
 NOTE = "x" * 80
 DRAIN_TIMEOUT_SECONDS = 60.0
@@ -53,7 +55,7 @@ class Session:
         self.topic = f"{TOPIC}.{kind}.{subscribers}"
         self.subscribers = subscribers
         self.server_pid = server_pid
-        self.procs = 1 if subscribers <= 200 else 2
+        self.procs = 2
         ctx = multiprocessing.get_context("fork")
         self.shared: Any = ctx.Array("q", wsload.SLOTS * self.procs, lock=False)
         self.stop: Any = ctx.Value("b", 0, lock=False)
@@ -121,6 +123,7 @@ class Session:
                 "deliveries_per_second": events * self.subscribers / elapsed,
                 "events_per_second": events / elapsed,
                 "server_cpu": window.percent(self.server_pid), "load_cpu": cpu_load,
+                "server_system_share": window.system_share(self.server_pid),
                 "server_cpu_us_per_delivery": window.percent(self.server_pid) / 100 * elapsed
                 / (events * self.subscribers) * 1e6}
 
@@ -141,7 +144,8 @@ def run(quick: bool, subscriber_counts: list[int], kinds: list[str],
     servers: dict[str, Server] = {}
     try:
         if "rpad" in kinds or "rpad-batch" in kinds:
-            servers["rpad"] = Rpad(work / "fanout-rpad", bench_rpad_config(work / "fanout-state"))
+            servers["rpad"] = Rpad(work / "fanout-rpad", bench_rpad_config(work / "fanout-state"),
+                                   lift_message_limit=True)
         for name in ("trio", "websockets"):
             if name in kinds:
                 servers[name] = Server([PYTHON, str(BENCH_DIR / "ws_servers.py"), name],
@@ -160,7 +164,7 @@ def run(quick: bool, subscriber_counts: list[int], kinds: list[str],
                     extra = "&batch=1" if kind == "rpad-batch" else ""
                     sessions[kind] = Session(
                         kind, f"{rpad.ws_url}?token={viewer}{extra}",
-                        f"{rpad.ws_url}?token={admin}", subs,
+                        f"{rpad.ws_url}?token={admin}&batch=1", subs,
                         {"action": "subscribe", "topic": f"{TOPIC}.{kind}.{subs}"}, rpad.pid)
                 else:
                     url = servers[kind].group("url")
@@ -181,6 +185,8 @@ def run(quick: bool, subscriber_counts: list[int], kinds: list[str],
                     "deliveries_per_second": median(
                         [r["deliveries_per_second"] for r in samples[kind]]),
                     "server_cpu": median([r["server_cpu"] for r in samples[kind]]),
+                    "server_system_share": median(
+                        [r["server_system_share"] for r in samples[kind]]),
                     "server_cpu_us_per_delivery": median(
                         [r["server_cpu_us_per_delivery"] for r in samples[kind]]),
                     "load_cpu": median([r["load_cpu"] for r in samples[kind]]),
@@ -198,12 +204,18 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--subscribers", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--kinds", nargs="+", default=list(ALL_KINDS), choices=ALL_KINDS)
+    parser.add_argument("--workdir", type=Path, help="keep logs and state here")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rpad-bench-") as tmp:
-        out = run(args.quick, args.subscribers, args.kinds, Path(tmp))
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        out = run(args.quick, args.subscribers, args.kinds, args.workdir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="rpad-bench-") as tmp:
+            out = run(args.quick, args.subscribers, args.kinds, Path(tmp))
     for key, r in out.items():
         print(f"{key:22s} {r['deliveries_per_second']:>10,.0f}/s  server cpu "
-              f"{r['server_cpu']:.0f}% ({r['server_cpu_us_per_delivery']:.1f} us/delivery)  load cpu {r['load_cpu']:.0f}%  delivered "
+              f"{r['server_cpu']:.0f}% ({r['server_cpu_us_per_delivery']:.1f} us/delivery, "
+              f"{r['server_system_share']:.0%} in kernel)  load cpu {r['load_cpu']:.0f}%  delivered "
               f"{r['delivered']}/{r['expected']} in {r['frames']} frames")
 
 

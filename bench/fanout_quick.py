@@ -36,6 +36,8 @@ TOPIC = "bench.fanout"
 LATENCY_CLIENT_IDS = 2000
 REGISTER_BATCH = 100
 MAX_IN_FLIGHT_HEARTBEATS = 64
+# A run that takes longer than this is reported as failed rather than left hanging.
+RUN_TIMEOUT_SECONDS = 600.0
 
 
 def _seq(raw: str) -> int:
@@ -59,6 +61,11 @@ async def _subscribe(ws: WebSocketConnection, topic: str) -> None:
 
 
 async def fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[str, Any]:
+    with trio.fail_after(RUN_TIMEOUT_SECONDS):
+        return await _fanout(rpad, subscribers, events, batch)
+
+
+async def _fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[str, Any]:
     assert rpad.ws_url is not None
     viewer = rpad.token("viewer", "bench-viewer", topics=["bench.*"])
     admin = rpad.token("admin", "bench-publisher")
@@ -93,6 +100,16 @@ async def fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[
         async with open_websocket_url(f"{rpad.ws_url}?token={admin}",
                                       message_queue_size=4096) as pub:
             await _established(pub)
+            acks = 0
+
+            async def read_acks() -> None:
+                # The publisher must read its PUBLISHED answers, or the hub closes it (4008).
+                nonlocal acks
+                while True:
+                    await pub.get_message()
+                    acks += 1
+
+            nursery.start_soon(read_acks)
             frame = json.dumps({"action": "publish", "topic": TOPIC, "type": "BENCH",
                                 "data": {"note": "x" * 64}})
             window = CpuWindow([rpad.pid, os.getpid()])
@@ -108,6 +125,7 @@ async def fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[
                 await caught_up.wait()
             elapsed = time.monotonic() - t0
             window.stop()
+            nursery.cancel_scope.cancel()
     return {
         "subscribers": subscribers,
         "events": events,
@@ -125,6 +143,11 @@ async def fanout(rpad: Rpad, subscribers: int, events: int, batch: int) -> dict[
 
 
 async def latency(rpad: Rpad, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
+    with trio.fail_after(RUN_TIMEOUT_SECONDS):
+        return await _latency(rpad, subscribers, rate, seconds)
+
+
+async def _latency(rpad: Rpad, subscribers: int, rate: float, seconds: float) -> dict[str, Any]:
     assert rpad.ws_url is not None
     viewer = rpad.token("viewer", "bench-viewer")
     service = {"Authorization": f"Bearer {rpad.token('service', 'bench-gateway')}"}
