@@ -44,7 +44,14 @@ from rpad.models import parse_iso
 
 from .wsclient import Ws, ws_connect
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    # rpad is killed in the middle of requests on purpose; httpx then leaves the request
+    # body's async generator unfinished, and trio warns when it is collected.
+    pytest.mark.filterwarnings(
+        "ignore:Async generator 'httpx._content.ByteStream.__aiter__' was garbage collected"
+        ":ResourceWarning"),
+]
 
 KILLS = 10
 SEED = 20260101
