@@ -13,7 +13,8 @@ id, so every delivery is matched to its heartbeat. Two figures per delivery:
   (monotonic clock, shared by all processes of the machine); adds the HTTP request itself.
 
 Percentiles are over every (heartbeat, subscriber) pair of a run; the figure is the median of
-the runs' percentiles.
+the runs' percentiles. Runs alternate between plain subscribers and subscribers that asked for
+frame batching (as the dashboard does), whose events wait up to the hub's batching delay.
 
     python bench/latency.py [--quick] [--rate 300] [--subscribers 100]
 """
@@ -124,15 +125,15 @@ def _epoch(iso_text: str) -> float:
 
 
 def one_run(rpad: Rpad, sender: HttpSender, ids: list[str], rate: float, subscribers: int,
-            work: Path, run: int) -> dict[str, Any]:
+            work: Path, run: int, batch: bool) -> dict[str, Any]:
     assert rpad.ws_url is not None
     viewer = rpad.token("viewer", "bench-latency")
     ctx = multiprocessing.get_context("fork")
     shared: Any = ctx.Array("q", wsload.SLOTS, lock=False)
     stop: Any = ctx.Value("b", 0, lock=False)
-    out_file = work / f"latency-{run}.txt"
+    out_file = work / f"latency-{run}-{batch}.txt"
     proc = ctx.Process(target=wsload.subscriber_main, daemon=True, args=(
-        0, f"{rpad.ws_url}?token={viewer}", subscribers,
+        0, f"{rpad.ws_url}?token={viewer}" + ("&batch=1" if batch else ""), subscribers,
         {"action": "subscribe", "topic": "heartbeat"}, b'"SUBSCRIBED"', shared, stop, 600.0,
         str(out_file)))
     proc.start()
@@ -183,7 +184,7 @@ def run(quick: bool, work: Path, rate: float = 300.0, subscribers: int = 100) ->
     ids = [f"lat-{i:05d}" for i in range(int(rate * seconds))]
     cfg = rpad_config(work / "latency-state",
                       websocket={"max_connections_per_user": 100_000})
-    results = []
+    results: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
     with Rpad(work / "latency", cfg) as rpad:
         sender = HttpSender(rpad.http_url, rpad.token("service", "bench-latency"))
         try:
@@ -196,20 +197,24 @@ def run(quick: bool, work: Path, rate: float = 300.0, subscribers: int = 100) ->
             warm.run(items, 1000.0)
             warm.close()
             time.sleep(1.1)  # presence.min_interval_seconds
-            for r in range(runs):
-                results.append(one_run(rpad, sender, ids, rate, subscribers, work, r))
-                time.sleep(1.1)
+            for r in range(runs):  # plain and batching subscribers, side by side
+                for batch in (False, True):
+                    results[batch].append(
+                        one_run(rpad, sender, ids, rate, subscribers, work, r, batch))
+                    time.sleep(1.1)
         finally:
             sender.close()
-    summary = {k: median([r[k] for r in results]) for k in (
-        "accepted_p50_ms", "accepted_p99_ms", "sent_p50_ms", "sent_p99_ms", "rate",
-        "server_cpu", "subscriber_cpu")}
-    summary["deliveries"] = sum(r["deliveries"] for r in results)
-    summary["expected"] = sum(r["expected"] for r in results)
-    summary["statuses"] = [r["statuses"] for r in results]
-    summary["runs"] = results
-    summary["subscribers"] = subscribers
-    return summary
+    out: dict[str, Any] = {"subscribers": subscribers}
+    for batch, rs in results.items():
+        summary = {k: median([r[k] for r in rs]) for k in (
+            "accepted_p50_ms", "accepted_p99_ms", "sent_p50_ms", "sent_p99_ms", "rate",
+            "server_cpu", "subscriber_cpu")}
+        summary["deliveries"] = sum(r["deliveries"] for r in rs)
+        summary["expected"] = sum(r["expected"] for r in rs)
+        summary["statuses"] = [r["statuses"] for r in rs]
+        summary["runs"] = rs
+        out["batch" if batch else "plain"] = summary
+    return out
 
 
 def main() -> None:
@@ -220,7 +225,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="rpad-bench-") as tmp:
         out = run(args.quick, Path(tmp), args.rate, args.subscribers)
-    out.pop("runs")
+    for mode in ("plain", "batch"):
+        out[mode].pop("runs")
     print(json.dumps(out, indent=1))
 
 

@@ -77,6 +77,7 @@ from trio_websocket import (
     WebSocketRequest,
     serve_websocket,
 )
+from wsproto.events import TextMessage
 
 from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
@@ -169,9 +170,10 @@ MAX_TOPICS = 2000
 MAX_CLOSE_REASON_BYTES = 123
 # Frame batching (opt-in at auth): the queued messages of a connection go out together, joined
 # by newlines into one text frame of about this many characters at most (a single larger
-# message goes alone). Topic messages for a batching connection are gathered for this long
-# from the first one, then go to its queue together (events published one by one, as app
-# events are, would otherwise each go out alone while the writers keep up).
+# message goes alone). A batching connection gets at most one frame of topic messages per this
+# long: the first after a quiet spell at once, the next ones gathered until this long after
+# it (events published one by one, as app events are, would otherwise each go out alone while
+# the writers keep up).
 BATCH_FRAME_CHARS = 64 * 1024
 BATCH_DELAY_SECONDS = 0.005
 # Messages from one connection: a sustained rate and a burst (a token bucket). Over it, messages
@@ -202,6 +204,34 @@ def envelope(type_: str, topic: str | None, seq: int | None, ts: str | None, dat
         except UnicodeEncodeError:
             text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=True)
     return text
+
+
+def can_write_together(ws: WebSocketConnection) -> bool:
+    """Whether :func:`send_texts` can write several frames at once on ``ws`` (it uses
+    trio-websocket internals; with a version that lacks them it sends one by one)."""
+    return all(getattr(ws, name, None) is not None
+               for name in ("_wsproto", "_stream", "_stream_lock", "_abort_web_socket"))
+
+
+async def send_texts(ws: WebSocketConnection, texts: list[str]) -> None:
+    """Send each text as its own text frame — the very bytes ``send_message`` would send one
+    by one — in a single write to the socket. One write and one scheduler round instead of one
+    per message is most of what a queued message costs to send. Raises ConnectionClosed like
+    ``send_message``."""
+    if len(texts) == 1 or not can_write_together(ws):
+        for text in texts:
+            await ws.send_message(text)
+        return
+    if ws._close_reason:
+        raise ConnectionClosed(ws._close_reason)
+    data = b"".join([ws._wsproto.send(TextMessage(data=text)) for text in texts])
+    async with ws._stream_lock:
+        try:
+            await ws._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await ws._abort_web_socket()
+            assert ws._close_reason is not None
+            raise ConnectionClosed(ws._close_reason) from None
 
 
 def _truncate_reason(reason: str) -> str:
@@ -304,6 +334,13 @@ class Connection:
     batch: bool = False
     pending: list[str] = attrs.Factory(list)
     backlog: int = 0
+    # True while a batching connection's writer is sending: the flusher leaves its messages
+    # pending (the writer hands them back to the flusher when done), so under load frames
+    # grow with the time a write takes. ``dirty``: in the flusher's list.
+    writing: bool = False
+    dirty: bool = False
+    # Trio time of the last flush (at most one per BATCH_DELAY_SECONDS).
+    flushed_at: float = -math.inf
     close_code: int | None = None
     close_reason: str = ""
     scope: trio.CancelScope | None = None
@@ -740,17 +777,15 @@ class Hub:
                         continue
                     item = await c.recv.receive()
                 if c.batch:
-                    await self._write_batch(c, self._gather(c, item))
-                elif isinstance(item, str):
-                    await self._write(c, item)
-                elif isinstance(item, _Slot):
-                    if c.slots.get(item.key) is item:
-                        del c.slots[item.key]
-                    if item.text is not None:
-                        await self._write(c, item.text)
+                    c.writing = True
+                    try:
+                        await self._write_batch(c, self._gather(c, item))
+                    finally:
+                        c.writing = False
+                    if c.pending and not c.dirty:
+                        self._mark_dirty(c)
                 else:
-                    for text in item.texts:
-                        await self._write(c, text)
+                    await self._write_each(c, self._gather(c, item))
         except (trio.EndOfChannel, ConnectionClosed):
             pass
         if c.close_code is None:  # the peer is gone
@@ -770,8 +805,8 @@ class Hub:
 
     @staticmethod
     def _gather(c: Connection, item: _Item) -> list[str]:
-        """Frame batching: ``item`` and whatever else is queued now (up to about
-        BATCH_FRAME_CHARS), in queue order; superseded conflation slots give nothing."""
+        """``item`` and whatever else is queued now (up to about BATCH_FRAME_CHARS), in queue
+        order; superseded conflation slots give nothing."""
         texts: list[str] = []
         size = 0
         while True:
@@ -795,6 +830,20 @@ class Hub:
                 item = c.recv.receive_nowait()
             except trio.WouldBlock:
                 return texts
+
+    async def _write_each(self, c: Connection, texts: list[str]) -> None:
+        """Send ``texts``, each its own frame, written to the socket together (at most about
+        BATCH_FRAME_CHARS a write)."""
+        start = 0
+        while start < len(texts):
+            end, size = start + 1, len(texts[start])
+            while end < len(texts) and size + len(texts[end]) < BATCH_FRAME_CHARS:
+                size += len(texts[end])
+                end += 1
+            await send_texts(c.ws, texts[start:end])
+            c.messages_sent += end - start
+            self.messages_sent += end - start
+            start = end
 
     async def _write_batch(self, c: Connection, texts: list[str]) -> None:
         """Send ``texts`` newline-delimited, several to a text frame (a frame holds about
@@ -1106,10 +1155,8 @@ class Hub:
         limit = self.config.queue_size
         for c in t.subscribers:
             if c.batch:  # gathered until the flusher's next round (see _flusher)
-                if not c.pending:
-                    if not self._dirty:
-                        self._dirty_event.set()
-                    self._dirty.append(c)
+                if not c.dirty:
+                    self._mark_dirty(c)
                 c.pending.append(text)
                 c.backlog += 1
                 if c.backlog > limit:
@@ -1120,19 +1167,42 @@ class Hub:
             self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
         return len(t.subscribers)  # the slow ones have left
 
+    def _mark_dirty(self, c: Connection) -> None:
+        c.dirty = True
+        if not self._dirty:
+            self._dirty_event.set()
+        self._dirty.append(c)
+
     async def _flusher(self) -> None:
-        """Frame batching: BATCH_DELAY_SECONDS after a batching connection got a topic message,
-        the messages it got meanwhile go to its queue as one item (one frame, or a few if
-        large). One timer for every batching connection; none while there is no such
-        message."""
+        """Frame batching: a batching connection's pending topic messages go to its queue as
+        one item (one frame, or a few if large) at most once per BATCH_DELAY_SECONDS: the
+        first after a quiet spell at once (at the end of the scheduling round that published
+        it, with whatever else that round published), the next ones when BATCH_DELAY_SECONDS
+        have passed since — and never while its writer is still sending (it hands them back
+        when done). One task and one timer for every batching connection; none while there is
+        nothing pending."""
         while True:
             await self._dirty_event.wait()
-            await trio.sleep(BATCH_DELAY_SECONDS)
+            await trio.lowlevel.checkpoint()  # let the round that published finish
+            now = trio.current_time()
             dirty, self._dirty = self._dirty, []
             self._dirty_event = trio.Event()
+            wait_until = math.inf
             for c in dirty:
-                if c.close_code is None and not c.flush():
-                    self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+                if c.close_code is not None:
+                    c.dirty = False
+                elif c.writing or now < c.flushed_at + BATCH_DELAY_SECONDS:
+                    self._dirty.append(c)  # its turn comes later
+                    wait_until = min(wait_until, now + BATCH_DELAY_SECONDS if c.writing
+                                     else c.flushed_at + BATCH_DELAY_SECONDS)
+                else:
+                    c.dirty = False
+                    c.flushed_at = now
+                    if not c.flush():
+                        self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            if self._dirty:
+                self._dirty_event.set()
+                await trio.sleep_until(wait_until)
 
     def register_state_topic(self, topic: str, type_: str, build_json: Callable[[], str], *,
                              version: Callable[[], object] | None = None) -> None:

@@ -11,10 +11,12 @@ path has its own matrix in test_fastpath.py):
   every client; random histories (heartbeats, clean shutdowns, registrations with their own
   timeouts, removals, reloads of the default timeout, restarts, a wall clock stepped back) give
   the same events, in the same order, and the same state as ``Registry.sweep_all``;
-- frame batching (opt-in at auth, ``?batch=1`` or ``"batch": true``): the real daemon and real
-  WebSocket clients; a batching connection, its frames split on newlines, gets exactly the
-  messages an unbatched one gets, in the same order — live events of a burst, ``since``
-  replays, messages whose data holds newlines — in fewer frames.
+- the hub's writers: everything queued goes out in one socket write, one frame per message
+  (the bytes ``send_message`` would send one by one); and frame batching (opt-in at auth,
+  ``?batch=1`` or ``"batch": true``): the real daemon and real WebSocket clients; a batching
+  connection, its frames split on newlines, gets exactly the messages an unbatched one gets
+  (one frame each), in the same order — live events of a burst, ``since`` replays, messages
+  whose data holds newlines — in fewer frames.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import trio
 import trio.testing
 
 from rpad.config import Config
+from rpad.hub import can_write_together
 from rpad.models import Heartbeat, Registration
 from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
 from rpad.store import Store
@@ -272,6 +275,11 @@ async def test_a_batching_connection_gets_exactly_what_an_unbatched_one_gets(
             assert err["data"]["code"] == "invalid_field" and "batch" in err["data"]["message"]
             await by_message.send(action="auth", token=viewer, batch=True)
             assert (await by_message.expect("CONNECTION_ESTABLISHED"))["data"]["batch"] is True
+            # The writers send what is queued in one socket write (one frame per message for
+            # the plain connection): trio-websocket offers what that needs.
+            assert r.daemon.hub is not None
+            conns = list(r.daemon.hub._connections.values())
+            assert len(conns) == 3 and all(can_write_together(c.ws) for c in conns)
             readers = {"plain": Frames(plain), "query": Frames(by_query),
                        "message": Frames(by_message)}
             for name, f in readers.items():
