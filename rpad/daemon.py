@@ -15,6 +15,7 @@ manager restarts rpad). Nothing is left half-running.
 
 from __future__ import annotations
 
+import functools
 import logging
 import secrets
 import signal
@@ -195,8 +196,10 @@ class Daemon:
                         async with trio.open_nursery() as tasks:
                             tasks.start_soon(run_sweeper, presence,
                                              lambda: self.config.presence.check_interval_seconds)
-                            tasks.start_soon(run_pusher, hub, registry,
-                                             lambda: self.config.push.interval_seconds)
+                            tasks.start_soon(functools.partial(
+                                run_pusher, hub, registry,
+                                lambda: self.config.push.interval_seconds,
+                                mode=lambda: self.config.push.mode))
                             tasks.start_soon(run_stats_pusher, hub,
                                              lambda: self.config.push.stats_interval_seconds)
 

@@ -107,6 +107,8 @@ TOPIC_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,127}")
 TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 
 SERVER_LIST = "SERVER_LIST"
+# push.mode = "delta": the clients that changed since the previous push, and those removed.
+SERVER_LIST_DELTA = "SERVER_LIST_DELTA"
 STATS_UPDATE = "STATS_UPDATE"
 NOTIFICATION = "NOTIFICATION"
 SYSTEM_MESSAGE = "SYSTEM_MESSAGE"
@@ -1132,7 +1134,11 @@ class Hub:
 
         Serialized once. Raises ValueError/TypeError for data that is not JSON (nothing is
         published then)."""
-        data_json = _dumps(data)
+        return self.publish_json(topic, type_, _dumps(data), at=at)
+
+    def publish_json(self, topic: str, type_: str, data_json: str, *,
+                     at: float | None = None) -> tuple[int, int]:
+        """:meth:`publish` for data that is JSON text already (rpad's own, not checked)."""
         t = self._topic(topic)
         t.seq += 1
         text = envelope(type_, topic, t.seq, iso(self.wall_clock() if at is None else at),

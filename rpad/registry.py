@@ -34,6 +34,9 @@ CLIENT_STATUS_UPDATE = "CLIENT_STATUS_UPDATE"
 CLIENT_REMOVED = "CLIENT_REMOVED"
 HEARTBEAT_RECEIVED = "HEARTBEAT_RECEIVED"
 
+# Removals remembered for delta pushes (``push.mode = "delta"``).
+MAX_REMOVALS_KEPT = 10_000
+
 # Reasons recorded in a client's status history.
 REASON_HEARTBEAT = "heartbeat"
 REASON_TIMEOUT = "timeout"
@@ -168,6 +171,10 @@ class Registry:
         self._index_valid = True
         # A lower bound of the registered timeouts (exact after each rebuild).
         self._min_registered_timeout = math.inf
+        # (revision, client id) of recent removals, for delta pushes; the oldest are let go
+        # past MAX_REMOVALS_KEPT (a delta from before then is refused: send the full list).
+        self._removals: list[tuple[int, str]] = []
+        self._removals_kept_since = 0
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -218,6 +225,28 @@ class Registry:
         fragments: a push re-serializes only the clients that changed since the last one."""
         vj = self.view_json
         return '{"servers":[' + ",".join([vj(c) for c in self._clients.values()]) + "]}"
+
+    @property
+    def view_generation(self) -> int:
+        """Changes when every view changes at once (a new default timeout)."""
+        return self._view_generation
+
+    def delta_json(self, since: int) -> str | None:
+        """What changed after revision ``since``, as ``{"changed": [client view, ...],
+        "removed": [clientId, ...]}`` JSON text (views from the cached fragments), or None
+        when removals that old are no longer kept (send the full list instead). Removals up
+        to ``since`` are forgotten: the one caller (the pusher) asks from its last answer on.
+        A client removed and registered again since is in ``changed`` only."""
+        if since < self._removals_kept_since:
+            return None
+        vj = self.view_json
+        changed = [vj(c) for c in self._clients.values() if c.revision > since]
+        removals = [(rev, cid) for rev, cid in self._removals if rev > since]
+        self._removals = removals
+        self._removals_kept_since = max(self._removals_kept_since, since)
+        removed = [cid for _, cid in removals if cid not in self._clients]
+        return ('{"changed":[' + ",".join(changed) + '],"removed":'
+                + _ENCODER.encode(sorted(set(removed))) + "}")
 
     def timeout_of(self, client: Client) -> float:
         return client.effective_timeout(self.default_timeout_seconds)
@@ -381,6 +410,11 @@ class Registry:
         self._by_last.pop(client_id, None)
         self._set_status(client, OFFLINE)
         self._revision += 1
+        self._removals.append((self._revision, client_id))
+        if len(self._removals) > MAX_REMOVALS_KEPT:
+            drop = len(self._removals) - MAX_REMOVALS_KEPT // 2
+            self._removals_kept_since = self._removals[drop - 1][0]
+            del self._removals[:drop]
         return [self._event(CLIENT_REMOVED, client, now, REASON_REMOVED)]
 
     def sweep(self, now: float) -> list[Event]:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import trio
 
-from .hub import SERVER_LIST, STATS_UPDATE, TOPIC_SERVERS, TOPIC_STATS, Hub
+from .hub import SERVER_LIST, SERVER_LIST_DELTA, STATS_UPDATE, TOPIC_SERVERS, TOPIC_STATS, Hub
 from .presence import Presence
 from .registry import Registry
 
@@ -43,21 +43,54 @@ async def run_pusher(
     registry: Registry,
     interval_seconds: Callable[[], float],
     *,
+    mode: Callable[[], str] = lambda: "full",
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Publish the full client list, ``SERVER_LIST {servers: [client view, ...]}``, to the
-    ``servers`` topic every ``interval_seconds()`` while it has subscribers.
+    """Publish the client list to the ``servers`` topic every ``interval_seconds()`` while it
+    has subscribers. A new subscriber gets the full list, ``SERVER_LIST {servers: [client
+    view, ...]}``, at once from the hub. Then, by ``mode()`` (``push.mode``, re-read each
+    tick):
+
+    - ``"full"``: the full list every tick;
+    - ``"delta"``: ``SERVER_LIST_DELTA {changed: [client view, ...], removed: [clientId,
+      ...]}``, the clients that changed since the previous tick (nothing when nothing did);
+      the full list instead when every view changed (a new default timeout) or when the
+      removals since the previous tick are no longer all known.
 
     The list is built from memory (the registry, never the database) and serialized once per
     tick, from the registry's cached per-client JSON; it is not even rebuilt when nothing
-    changed since the last tick. A new subscriber gets the current list at once from the hub.
-    (``push.mode = "delta"`` will plug in here: a builder that sends what changed since the
-    last revision.)
+    changed since the last tick.
     """
+    # The revision of the last full list handed out (to a new subscriber or in a push).
+    snapshot = [registry.revision]
+
+    def build() -> str:
+        snapshot[0] = registry.revision
+        return registry.servers_json()
+
     hub.register_state_topic(
-        TOPIC_SERVERS, SERVER_LIST, registry.servers_json,
+        TOPIC_SERVERS, SERVER_LIST, build,
         version=lambda: (registry.revision, registry.default_timeout_seconds))
-    await _push_state(hub, TOPIC_SERVERS, interval_seconds, task_status)
+    task_status.started()
+    while True:
+        await hub.wait_subscribed(TOPIC_SERVERS)
+        deadline = trio.current_time()
+        since, generation = snapshot[0], registry.view_generation
+        while True:
+            deadline += interval_seconds()
+            await trio.sleep_until(deadline)
+            if not hub.subscribers(TOPIC_SERVERS):
+                break
+            delta = None
+            if mode() == "delta" and registry.view_generation == generation:
+                if registry.revision == since:
+                    continue  # nothing changed: nothing to say
+                delta = registry.delta_json(since)
+            if delta is not None:
+                hub.publish_json(TOPIC_SERVERS, SERVER_LIST_DELTA, delta)
+            else:
+                hub.publish_state(TOPIC_SERVERS)
+            since, generation = registry.revision, registry.view_generation
 
 
 async def run_stats_pusher(

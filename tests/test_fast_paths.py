@@ -16,7 +16,12 @@ path has its own matrix in test_fastpath.py):
   ``?batch=1`` or ``"batch": true``): the real daemon and real WebSocket clients; a batching
   connection, its frames split on newlines, gets exactly the messages an unbatched one gets
   (one frame each), in the same order — live events of a burst, ``since`` replays, messages
-  whose data holds newlines — in fewer frames.
+  whose data holds newlines — in fewer frames;
+- ``push.mode = "delta"``: on the fake clock, the real daemon and a real WebSocket client; the
+  full list on subscribe, then the deltas applied to it give, after every tick, exactly the
+  list ``GET /api/v1/clients`` (and the full mode) gives — through heartbeats, new clients,
+  removals, a removed client coming back, and a new default timeout (a full list then);
+  a tick with no change sends nothing.
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ from rpad.models import Heartbeat, Registration
 from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
 from rpad.store import Store
 
-from .wsclient import StartDaemon, Ws, daemons, ws_connect
+from .conftest import Running, fake_wall_clock
+from .wsclient import StartDaemon, Ws, daemons, fake_time, ws_connect
 
 __all__ = ["daemons"]  # the fixture
 
@@ -324,3 +330,124 @@ async def test_a_batching_connection_gets_exactly_what_an_unbatched_one_gets(
         assert replays["plain"][0]["type"] == "SUBSCRIBED"
         assert len(replays["plain"]) == BURST + 1
         assert replays["batched frames"] < replays["plain frames"]
+
+
+# -- push.mode = "delta" -----------------------------------------------------------------------
+
+
+async def _collect_for(ws: Ws, seconds: float) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    with trio.move_on_after(seconds):
+        while True:
+            out.append(await ws.recv())
+    return out
+
+
+def _apply_push(servers: dict[str, dict[str, Any]], msg: dict[str, Any]) -> None:
+    """What a dashboard does with the ``servers`` topic."""
+    if msg["type"] == "SERVER_LIST":
+        servers.clear()
+        servers.update({v["clientId"]: v for v in msg["data"]["servers"]})
+    elif msg["type"] == "SERVER_LIST_DELTA":
+        for cid in msg["data"]["removed"]:
+            servers.pop(cid, None)
+        servers.update({v["clientId"]: v for v in msg["data"]["changed"]})
+    else:
+        raise AssertionError(msg)
+
+
+async def _listed(r: Running) -> dict[str, dict[str, Any]]:
+    resp = await r.request("GET", "/api/v1/clients", role="viewer")
+    assert resp.status_code == 200
+    return {v["clientId"]: v for v in resp.json()["clients"]}
+
+
+async def test_delta_pushes_rebuild_exactly_the_full_list(
+        autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, daemons: StartDaemon,
+        make_config: Callable[..., Config]) -> None:
+    fake_time(autojump_clock, nursery)
+    rng = random.Random(7)
+    with trio.fail_after(900):
+        r = await daemons(make_config(push={"mode": "delta"},
+                                      presence={"min_interval_seconds": 0.001}),
+                          wall_clock=fake_wall_clock())
+        for i in range(5):
+            assert (await r.heartbeat(f"robot-{i}", version="1")).status_code == 200
+        async with ws_connect(r.ws_url, token=r.token("viewer", "dash")) as ws:
+            await ws.subscribe("servers")
+            servers: dict[str, dict[str, Any]] = {}
+            first = await ws.recv()
+            assert first["type"] == "SERVER_LIST"
+            _apply_push(servers, first)
+            assert servers == await _listed(r)
+
+            # Nothing changes: nothing is pushed.
+            assert await _collect_for(ws, 6.5) == []
+
+            # One client beats: the delta holds it alone.
+            assert (await r.heartbeat("robot-3", version="2")).status_code == 200
+            (delta,) = await _collect_for(ws, 2.5)
+            assert delta["type"] == "SERVER_LIST_DELTA" and delta["topic"] == "servers"
+            assert [v["clientId"] for v in delta["data"]["changed"]] == ["robot-3"]
+            assert delta["data"]["removed"] == []
+            _apply_push(servers, delta)
+            assert servers == await _listed(r)
+
+            ids = [f"robot-{i}" for i in range(12)]
+            for step in range(12):
+                for _ in range(rng.randint(0, 6)):
+                    cid = rng.choice(ids)
+                    op = rng.random()
+                    if op < 0.55:
+                        resp = await r.heartbeat(cid, version=rng.choice(["1", "2", "3"]),
+                                                 status=rng.choice(["online", "busy"]),
+                                                 metrics={"load1": rng.random()})
+                    elif op < 0.7:
+                        resp = await r.heartbeat(cid, status="offline")
+                    elif op < 0.85:
+                        resp = await r.request("DELETE", f"/api/v1/clients/{cid}")
+                    else:
+                        resp = await r.request("POST", "/api/v1/clients", json={
+                            "clientId": cid, "tags": [f"t{step}"]})
+                    assert resp.status_code in (200, 201, 404, 429), resp.text
+                for msg in await _collect_for(ws, 2.5):
+                    assert msg["type"] == "SERVER_LIST_DELTA", msg["type"]
+                    _apply_push(servers, msg)
+                assert servers == await _listed(r), step
+
+            # A new default timeout changes every view: a full list, then deltas again.
+            registry = r.daemon.presence.registry  # type: ignore[union-attr]
+            registry.default_timeout_seconds = 90.0  # what a reload applies
+            msgs = await _collect_for(ws, 2.5)
+            assert [m["type"] for m in msgs] == ["SERVER_LIST"]
+            _apply_push(servers, msgs[0])
+            assert servers == await _listed(r)
+            assert all(v["heartbeatTimeoutSeconds"] >= 90.0 for v in servers.values())
+            assert (await r.heartbeat("robot-0", version="9")).status_code == 200
+            msgs = await _collect_for(ws, 2.5)
+            assert [m["type"] for m in msgs] == ["SERVER_LIST_DELTA"]
+            _apply_push(servers, msgs[0])
+            assert servers == await _listed(r)
+
+
+def test_delta_json_names_removals_once_and_refuses_what_it_no_longer_knows() -> None:
+    from rpad import registry as registry_mod
+
+    reg = _registry(Registry, 60.0)
+    for i in range(3):
+        reg.heartbeat(Heartbeat(client_id=f"c{i}"), T0)
+    since = reg.revision
+    reg.remove("c0", T0 + 1)
+    reg.remove("c1", T0 + 1)
+    reg.register(Registration(client_id="c1"), T0 + 2)  # back again
+    delta = json.loads(reg.delta_json(since) or "null")
+    assert [v["clientId"] for v in delta["changed"]] == ["c1"]
+    assert delta["removed"] == ["c0"]
+    since = reg.revision
+    assert json.loads(reg.delta_json(since) or "null") == {"changed": [], "removed": []}
+    # Past MAX_REMOVALS_KEPT removals, a delta from before them is refused (full list).
+    for i in range(registry_mod.MAX_REMOVALS_KEPT + 1):
+        reg.heartbeat(Heartbeat(client_id=f"x{i}"), T0 + 3)
+        reg.remove(f"x{i}", T0 + 3)
+    assert reg.delta_json(since) is None
+    assert reg.delta_json(reg.revision) is not None
