@@ -426,6 +426,10 @@ function onEvent(msg) {
     case "SERVER_LIST":
       applyList(Array.isArray(d.servers) ? d.servers : [], { replace: true });
       break;
+    case "SERVER_LIST_DELTA":  // push.mode = "delta": only what changed since the last push
+      for (const id of Array.isArray(d.removed) ? d.removed : []) state.clients.delete(id);
+      applyList(Array.isArray(d.changed) ? d.changed : [], { replace: false });
+      break;
     case "CLIENT_CONNECTED":
     case "CLIENT_DISCONNECTED":
     case "CLIENT_STATUS_UPDATE":

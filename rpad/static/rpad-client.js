@@ -91,11 +91,14 @@ export class RpadClient extends EventTarget {
    * @param {object} [options.backoff]       {initialMs, factor, maxMs, jitter}
    * @param {number} [options.pingIntervalMs]  25000
    * @param {number} [options.pongTimeoutMs]   10000
+   * @param {boolean} [options.batch]        ask for frame batching at auth (true): several
+   *                                         messages to a frame, newline-delimited
    * @param {Function} [options.WebSocket]   the WebSocket class (for other runtimes and tests)
    * @param {Function} [options.random]      the jitter's random source
    */
   constructor({ url, token, topics = [], maxAttempts = 10, backoff = {}, pingIntervalMs = 25000,
-                pongTimeoutMs = 10000, WebSocket = globalThis.WebSocket, random = Math.random } = {}) {
+                pongTimeoutMs = 10000, batch = true, WebSocket = globalThis.WebSocket,
+                random = Math.random } = {}) {
     super();
     if (!url) throw new TypeError("RpadClient: url is required");
     this.url = url;
@@ -105,6 +108,7 @@ export class RpadClient extends EventTarget {
     this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
     this.pingIntervalMs = pingIntervalMs;
     this.pongTimeoutMs = pongTimeoutMs;
+    this.batch = Boolean(batch);
     this.WebSocket = WebSocket;
     this.random = random;
 
@@ -199,7 +203,7 @@ export class RpadClient extends EventTarget {
       return;
     }
     this._ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify({ action: "auth", token: this.token }));
+    ws.onopen = () => ws.send(JSON.stringify({ action: "auth", token: this.token, batch: this.batch }));
     ws.onmessage = (e) => this._onMessage(e.data);
     ws.onclose = (e) => {
       if (ws !== this._ws) return;
@@ -209,6 +213,11 @@ export class RpadClient extends EventTarget {
   }
 
   _onMessage(text) {
+    // Frame batching: several messages to a frame, one per line (JSON never holds a raw newline).
+    if (typeof text === "string" && text.includes("\n")) {
+      for (const line of text.split("\n")) this._onMessage(line);
+      return;
+    }
     let msg;
     try {
       msg = JSON.parse(text);
