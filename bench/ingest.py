@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -41,7 +42,7 @@ def run_wrk(url: str, *, seconds: float, connections: int, env: dict[str, str],
             cpu_pids: list[int]) -> dict[str, Any]:
     """One wrk run; its BENCH_RESULT plus the CPU share of wrk and of ``cpu_pids``."""
     wrk = need("wrk")
-    argv = [wrk, "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{seconds:g}s",
+    argv = [wrk, "-t", str(WRK_THREADS), "-c", str(connections), "-d", f"{math.ceil(seconds)}s",
             "--timeout", "10s", "-s", str(LUA), url]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env={**os.environ, **env}, text=True)

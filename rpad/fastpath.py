@@ -36,8 +36,11 @@ Answer = tuple[int, Any, dict[str, str]]
 _REJECTED = {401: "unauthorized", 403: "forbidden", 429: "unauthorized"}
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def _dumps(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return _ENCODER.encode(body).encode()
 
 
 async def handle_heartbeat(

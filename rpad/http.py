@@ -55,8 +55,12 @@ class ApiError(Exception):
         super().__init__(message)
 
 
+# Built once: json.dumps with these options builds an encoder per call.
+_RESPONSE_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
 def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    text = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    text = _RESPONSE_ENCODER.encode(body)
     resp = Response(text, status=status, content_type="application/json")
     if headers:
         resp.headers.update(headers)

@@ -186,9 +186,15 @@ MESSAGE_BURST = 200
 FLOOD_CLOSE_AFTER_DROPPED = 500
 
 
+# One encoder for the wire, built once (json.dumps with these options builds one per call).
+_WIRE_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+# What json.dumps makes of a str: the ASCII-escaped JSON string.
+_json_str = json.encoder.encode_basestring_ascii
+
+
 def _dumps(data: Any) -> str:
     """JSON for the wire. Raises ValueError (NaN, infinity) or TypeError (not JSON data)."""
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return _WIRE_ENCODER.encode(data)
 
 
 def envelope(type_: str, topic: str | None, seq: int | None, ts: str | None, data_json: str) -> str:
@@ -198,8 +204,10 @@ def envelope(type_: str, topic: str | None, seq: int | None, ts: str | None, dat
     The result is always valid UTF-8 text: JSON input may carry lone surrogates (``"\\ud800"``
     parses to a Python string that UTF-8 cannot encode), and one such string must not break
     the socket writes of every subscriber; they are sent escaped instead."""
-    text = (f'{{"type":{json.dumps(type_)},"topic":{json.dumps(topic)},'
-            f'"seq":{json.dumps(seq)},"ts":{json.dumps(ts)},"data":{data_json}}}')
+    text = (f'{{"type":{_json_str(type_)},'
+            f'"topic":{"null" if topic is None else _json_str(topic)},'
+            f'"seq":{"null" if seq is None else int.__repr__(seq)},'
+            f'"ts":{"null" if ts is None else _json_str(ts)},"data":{data_json}}}')
     if not text.isascii():
         try:
             text.encode("utf-8")

@@ -277,7 +277,97 @@ def client_id_from_path(value: str) -> str:
 
 
 def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
-    """Validate one heartbeat object. Raises ValidationFailed naming every bad field."""
+    """Validate one heartbeat object. Raises ValidationFailed naming every bad field.
+
+    The common well-formed heartbeat is read by :func:`_heartbeat_fast`; anything else by the
+    full validator, which gives the same Heartbeat for what the fast one accepts (a property
+    test holds them together) and names every problem."""
+    if type(data) is dict:
+        hb = _heartbeat_fast(data)
+        if hb is not None:
+            return hb
+    return _parse_heartbeat_full(data, prefix)
+
+
+# The snake_case spellings a heartbeat may use; the fast reader leaves them to the validator.
+_HEARTBEAT_ALIASES = ("client_id", "ip_address", "os_type", "interval_seconds")
+_OPTIONAL_STRINGS = (("version", 64), ("ipAddress", 64), ("osType", 64), ("name", 128))
+
+
+def _plain_number(value: Any, minimum: float, maximum: float) -> float | None:
+    """A JSON number within [minimum, maximum] as a float; None for anything else."""
+    if type(value) is float:
+        if math.isfinite(value) and minimum <= value <= maximum:
+            return value
+        return None
+    if type(value) is int and minimum <= value <= maximum:
+        return float(value)
+    return None
+
+
+def _heartbeat_fast(data: dict[str, Any]) -> Heartbeat | None:
+    """The heartbeat of a well-behaved agent — camelCase keys, no metadata, an ISO timestamp or
+    none, every value plainly valid — read without the validator's bookkeeping; None for
+    anything else (the validator then reads it and names what is wrong)."""
+    for alias in _HEARTBEAT_ALIASES:
+        if alias in data:
+            return None
+    if data.get("metadata") is not None:
+        return None
+    client_id = data.get("clientId")
+    if type(client_id) is not str or not CLIENT_ID_RE.fullmatch(client_id):
+        return None
+    status = data.get("status")
+    if status is None:
+        status = "online"
+    elif type(status) is not str or not REPORTED_STATUS_RE.fullmatch(status):
+        return None
+    strings: list[str | None] = []
+    for key, max_chars in _OPTIONAL_STRINGS:
+        value = data.get(key)
+        if value is not None and (type(value) is not str or len(value) > max_chars
+                                  or "\x00" in value
+                                  or (not value.isascii() and not _is_unicode(value))):
+            return None
+        strings.append(value)
+    timestamp = None
+    raw_ts = data.get("timestamp")
+    if raw_ts is not None:
+        if type(raw_ts) is not str:
+            return None
+        try:
+            timestamp = parse_iso(raw_ts)
+        except (ValueError, OverflowError):
+            return None
+    interval = None
+    raw_interval = data.get("intervalSeconds")
+    if raw_interval is not None:
+        interval = _plain_number(raw_interval, 0.001, 86400)
+        if interval is None:
+            return None
+    metrics: dict[str, float] | None = None
+    raw_metrics = data.get("metrics")
+    if raw_metrics is not None:
+        if type(raw_metrics) is not dict:
+            return None
+        metrics = {}
+        for key, alias in _METRIC_ALIASES:
+            if alias != key and alias in raw_metrics:
+                return None
+            value = raw_metrics.get(key)
+            if value is not None:
+                number = _plain_number(value, 0, 1e18)
+                if number is None:
+                    return None
+                metrics[key] = number
+    version, ip, os_type, name = strings
+    return Heartbeat(client_id=client_id, timestamp=timestamp, status=status, version=version,
+                     ip_address=ip, os_type=os_type, name=name, interval_seconds=interval,
+                     metrics=metrics, metadata=None)
+
+
+def _parse_heartbeat_full(data: Any, prefix: str = "") -> Heartbeat:
+    """The validator: every field checked, every problem named with its camelCase path."""
     errors: list[dict[str, str]] = []
     if not isinstance(data, dict):
         raise ValidationFailed(
@@ -322,6 +412,8 @@ def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
             mf = _Fields(raw_metrics, f"{prefix}metrics.", errors)
             metrics = {}
             for key, alias in _METRIC_ALIASES:
+                if key not in raw_metrics and alias not in raw_metrics:
+                    continue
                 v = mf.number(key, alias, minimum=0, maximum=1e18)
                 if v is not None:
                     metrics[key] = v

@@ -104,7 +104,8 @@ class StorageCorrupt(Exception):
 
 def client_row(c: Client) -> ClientRow:
     return (
-        c.client_id, c.registered_at, c.name, json.dumps(c.tags), json.dumps(c.metadata),
+        c.client_id, c.registered_at, c.name, json.dumps(c.tags) if c.tags else "[]",
+        json.dumps(c.metadata) if c.metadata else "{}",
         c.timeout_seconds, int(c.registered), c.status, c.reported_status, c.version,
         c.ip_address, c.os_type, c.interval_seconds, c.last_heartbeat_at, c.online_since,
         c.offline_since, c.clock_skew_seconds,

@@ -17,6 +17,9 @@ path has its own matrix in test_fastpath.py):
   connection, its frames split on newlines, gets exactly the messages an unbatched one gets
   (one frame each), in the same order — live events of a burst, ``since`` replays, messages
   whose data holds newlines — in fewer frames;
+- the heartbeat reader: ``parse_heartbeat`` reads a well-behaved agent's heartbeat without the
+  validator's bookkeeping; on random bodies (good, odd and bad values, snake_case aliases,
+  unknown keys) it gives exactly the validator's Heartbeat or the validator's errors;
 - ``push.mode = "delta"``: on the fake clock, the real daemon and a real WebSocket client; the
   full list on subscribe, then the deltas applied to it give, after every tick, exactly the
   list ``GET /api/v1/clients`` (and the full mode) gives — through heartbeats, new clients,
@@ -38,10 +41,20 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from rpad.config import Config
 from rpad.hub import can_write_together
-from rpad.models import Heartbeat, Registration
+from rpad.models import (
+    METRIC_FIELDS,
+    Heartbeat,
+    Registration,
+    ValidationFailed,
+    _heartbeat_fast,
+    _parse_heartbeat_full,
+    parse_heartbeat,
+)
 from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
 from rpad.store import Store
 
@@ -451,3 +464,109 @@ def test_delta_json_names_removals_once_and_refuses_what_it_no_longer_knows() ->
         reg.remove(f"x{i}", T0 + 3)
     assert reg.delta_json(since) is None
     assert reg.delta_json(reg.revision) is not None
+
+
+# -- serialization shortcuts -------------------------------------------------------------------
+
+
+def test_envelope_is_what_json_dumps_makes_of_each_field() -> None:
+    from rpad.hub import envelope
+
+    def plain(type_: str, topic: str | None, seq: int | None, ts: str | None, data: str) -> str:
+        text = (f'{{"type":{json.dumps(type_)},"topic":{json.dumps(topic)},'
+                f'"seq":{json.dumps(seq)},"ts":{json.dumps(ts)},"data":{data}}}')
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate goes out escaped (see envelope)
+            text = json.dumps(json.loads(text), separators=(",", ":"), ensure_ascii=True)
+        return text
+
+    strings = ["A", "TASK_UPDATE", "ü\u2028\x00\"\\\n\t", "\ud800", "", "x" * 300, "日本"]
+    for type_ in strings:
+        for topic in [*strings, None]:
+            for seq in (None, 0, 1, 2**70):
+                for ts in (None, "2026-01-01T00:00:00.000Z", "\ud83d"):
+                    for data in ("{}", '{"a":"\\u00fc","b":[1,2.5,null]}', '"ü"'):
+                        assert envelope(type_, topic, seq, ts, data) == \
+                            plain(type_, topic, seq, ts, data)
+
+
+
+# -- the heartbeat reader ----------------------------------------------------------------------
+
+_ODD_TEXT = st.sampled_from(["", "a\x00b", "\ud800", "ü", "x" * 65, "x" * 129, " ", "online",
+                             "2025-07-23T12:00:00Z", "2025-07-23T12:00:00", "yesterday",
+                             "busy", "BUSY_1", "10.0.0.1", "a b", "robot-7"])
+_NUMBERS = st.one_of(st.integers(min_value=-10, max_value=10**20), st.sampled_from(
+    [0.0, -0.0, 0.0005, 0.001, 86400, 86400.5, 1e18, 1e19, float("nan"), float("inf"), 2**64]),
+    st.floats(allow_nan=True, allow_infinity=True))
+_VALUES = st.one_of(st.none(), st.booleans(), _NUMBERS, _ODD_TEXT, st.text(max_size=8),
+                    st.just([]), st.just({}), st.just({"a": 1}))
+_METRIC_KEYS = st.sampled_from([*METRIC_FIELDS, "cpu_usage_percent", "memory_usage_bytes",
+                                "load1", "gpu"])
+_METRICS = st.one_of(_VALUES, st.dictionaries(_METRIC_KEYS, st.one_of(_NUMBERS, _VALUES),
+                                             max_size=6))
+_GOOD = st.fixed_dictionaries(
+    {"clientId": st.sampled_from(["robot-1", "a", "x" * 128, "n.1:2_3-4"])},
+    optional={"status": st.sampled_from(["online", "busy", "offline", "idle"]),
+              "version": st.sampled_from(["1.0", "2.4.1-rc1", "ü"]),
+              "ipAddress": st.sampled_from(["10.0.0.1", "::1"]),
+              "osType": st.just("linux"), "name": st.just("Robot 7"),
+              "timestamp": st.sampled_from(["2025-07-23T12:00:00Z", "2025-07-23T12:00:00+02:00"]),
+              "intervalSeconds": st.sampled_from([1, 30, 0.5, 86400]),
+              "metrics": st.dictionaries(st.sampled_from(list(METRIC_FIELDS)),
+                                         st.one_of(st.integers(0, 10**12),
+                                                   st.floats(0, 1e12)), max_size=11)})
+_ANY = st.dictionaries(st.sampled_from([
+    "clientId", "client_id", "timestamp", "status", "version", "ipAddress", "ip_address",
+    "osType", "os_type", "name", "intervalSeconds", "interval_seconds", "metrics", "metadata",
+    "other"]), _VALUES, max_size=8)
+
+
+def _full(data: Any) -> Any:
+    try:
+        return _parse_heartbeat_full(data)
+    except ValidationFailed as exc:
+        return ("errors", exc.details)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(_GOOD, _ANY, st.builds(lambda g, extra: {**g, **extra}, _GOOD, _ANY),
+                 st.builds(lambda g, m: {**g, "metrics": m}, _GOOD, _METRICS)))
+def test_the_fast_heartbeat_reader_agrees_with_the_validator(data: dict[str, Any]) -> None:
+    full = _full(data)
+    fast = _heartbeat_fast(data)
+    if fast is not None:
+        assert fast == full
+    try:
+        assert parse_heartbeat(data) == full
+    except ValidationFailed as exc:
+        assert ("errors", exc.details) == full
+
+
+_EDGES: list[Any] = [None, True, False, 0, -1, 0.0, -0.0, 0.0005, 0.001, 1, 30, 86400, 86400.5,
+                     10**18, 10**18 + 1, 1e18, 1e19, 2**70, float("nan"), float("inf"),
+                     float("-inf"), "1", "", "ü", "\ud800", "a\x00", [], {}, {"a": 1}]
+
+
+def test_the_fast_heartbeat_reader_agrees_on_every_edge_value() -> None:
+    keys = ["status", "version", "ipAddress", "osType", "name", "timestamp", "intervalSeconds",
+            "metrics", "metadata", "clientId", "client_id", "ip_address"]
+    cases: list[dict[str, Any]] = []
+    for value in _EDGES:
+        cases += [{"clientId": "r", key: value} for key in keys]
+        cases += [{"clientId": "r", "metrics": {m: value}} for m in METRIC_FIELDS]
+        cases.append({"clientId": "r", "metrics": {"cpuUsagePercent": 1, "cpu_usage_percent": value}})
+    for data in cases:
+        fast = _heartbeat_fast(data)
+        full = _full(data)
+        if fast is not None:
+            assert fast == full, data
+
+
+def test_a_typical_agent_heartbeat_takes_the_fast_reader() -> None:
+    seed = {"clientId": "robot-7", "timestamp": "2025-07-23T12:00:00Z", "status": "online",
+            "version": "1.0.0", "ipAddress": "192.168.1.100", "intervalSeconds": 30,
+            "metrics": {"cpuUsagePercent": 12.5, "memoryUsageBytes": 2147483648, "load1": 0.4}}
+    fast = _heartbeat_fast(seed)
+    assert fast is not None and fast == _parse_heartbeat_full(seed)
