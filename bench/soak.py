@@ -265,6 +265,7 @@ def agent_process(http_url: str, token: str, clients: int, rate: float, status_c
     by_fd = {s.fileno(): s for s in socks}
     k = 0
     sent = 0
+    reopened = 0
     backlog_max = 0
     while time.time() < t0:
         time.sleep(0.01)
@@ -316,6 +317,7 @@ def agent_process(http_url: str, token: str, clients: int, rate: float, status_c
                 busy[fd] = (s, t_sent, buf)
                 continue
             status = int(head.split(b" ", 2)[1])
+            closing = b"\r\nconnection: close" in head.lower()
             w = min(windows - 1, int((time.time() - t0) // window))
             if status == 200:
                 ok[w] += 1
@@ -324,11 +326,24 @@ def agent_process(http_url: str, token: str, clients: int, rate: float, status_c
                 refused[key] = refused.get(key, 0) + 1
             answer_ms[w].append((time.monotonic() - t_sent) * 1000.0)
             del busy[fd]
+            if closing:
+                # Hypercorn ends a keep-alive connection after keep_alive_max_requests and
+                # says so: open a new one, as any HTTP client does.
+                reopened += 1
+                ep.unregister(fd)
+                del by_fd[fd]
+                s.close()
+                s = socket.create_connection(addr)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                s.setblocking(False)
+                ep.register(s.fileno(), select.EPOLLIN)
+                by_fd[s.fileno()] = s
             free.append(s)
     ep.close()
     for s in by_fd.values():
         s.close()
     out.put({"ok": ok, "refused": refused, "answer_ms": answer_ms, "sent": sent,
+             "reopened": reopened,
              "backlog_max": backlog_max, "changers": changers, "flappers": flappers})
 
 
@@ -474,6 +489,8 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
     tracebacks = log_text.count("Traceback")
     if tracebacks:
         errors["tracebacks in rpad's log"] = tracebacks
+    problems = [line for line in log_text.splitlines()
+                if " ERROR " in line or " CRITICAL " in line or "Error:" in line][:20]
     p99s = []
     for w in range(n_windows):
         lat = sorted(x for s in subs for x in (s.get("latencies") or [[]] * (w + 1))[w])
@@ -508,6 +525,7 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
         "connected": connected,
         "connectSeconds": round(connect_seconds, 1),
         "heartbeatsSent": agent["sent"],
+        "httpConnectionsReopened": agent["reopened"],
         "senderBacklogMax": agent["backlog_max"],
         "rssIdleMiB": round(rss_idle / 2**20, 1),
         "rssAfterWarmupMiB": round(rss_warm / 2**20, 1),
@@ -522,6 +540,7 @@ def _report(args: argparse.Namespace, duration: float, window: float, subs: list
         "disconnects": disconnects,
         "resumedWithSince": sum(s.get("resumed", 0) for s in subs),
         "messagesByType": dict(sorted(types.items())),
+        "rpadLogProblems": problems,
         "hub": {k: hub_stats.get(k) for k in ("activeConnections", "slowConsumers",
                                               "disconnections", "internalErrors",
                                               "messagesSent", "conflatedMessages",
@@ -551,6 +570,8 @@ def _print(report: dict[str, Any]) -> None:
     print(f"errors: {report['errors'] or 'none'}; disconnects: {report['disconnects'] or 'none'} "
           f"(resumed with since: {report['resumedWithSince']})")
     print(f"messages received by type: {report['messagesByType']}")
+    for line in report["rpadLogProblems"]:
+        print(f"rpad log: {line[:300]}")
     print(f"hub: {report['hub']}")
 
 
@@ -568,9 +589,15 @@ def main() -> None:
     parser.add_argument("--queue-size", type=int, default=256,
                         help="websocket.queue_size (rpad's default: 256)")
     parser.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    parser.add_argument("--keep", action="store_true", help="keep rpad's state and log")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rpad-soak-") as tmp:
-        report = run(args, Path(tmp))
+    if args.keep:
+        work = Path(tempfile.mkdtemp(prefix="rpad-soak-"))
+        report = run(args, work)
+        print(f"rpad's state and log kept in {work}")
+    else:
+        with tempfile.TemporaryDirectory(prefix="rpad-soak-") as tmp:
+            report = run(args, Path(tmp))
     _print(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
