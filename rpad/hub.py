@@ -178,6 +178,9 @@ MAX_CLOSE_REASON_BYTES = 123
 # the writers keep up).
 BATCH_FRAME_CHARS = 64 * 1024
 BATCH_DELAY_SECONDS = 0.005
+# ... per this many batching connections given a frame in the same round (1,000 dashboards
+# watching a busy fleet get a frame every 50 ms at most).
+BATCH_CONNECTIONS_PER_DELAY = 100
 # Messages from one connection: a sustained rate and a burst (a token bucket). Over it, messages
 # are dropped (the first with ERROR rate_limited); after FLOOD_CLOSE_AFTER_DROPPED drops the
 # connection is closed with 4029. A dashboard sends a handful per minute.
@@ -1193,8 +1196,10 @@ class Hub:
         first after a quiet spell at once (at the end of the scheduling round that published
         it, with whatever else that round published), the next ones when BATCH_DELAY_SECONDS
         have passed since — and never while its writer is still sending (it hands them back
-        when done). One task and one timer for every batching connection; none while there is
+        when done) or has not yet taken its queue (so when the CPU is the limit, frames grow
+        instead of multiplying). One task and one timer for every batching connection; none while there is
         nothing pending."""
+        delay = BATCH_DELAY_SECONDS
         while True:
             await self._dirty_event.wait()
             await trio.lowlevel.checkpoint()  # let the round that published finish
@@ -1202,18 +1207,25 @@ class Hub:
             dirty, self._dirty = self._dirty, []
             self._dirty_event = trio.Event()
             wait_until = math.inf
+            flushed = 0
             for c in dirty:
                 if c.close_code is not None:
                     c.dirty = False
-                elif c.writing or now < c.flushed_at + BATCH_DELAY_SECONDS:
-                    self._dirty.append(c)  # its turn comes later
-                    wait_until = min(wait_until, now + BATCH_DELAY_SECONDS if c.writing
-                                     else c.flushed_at + BATCH_DELAY_SECONDS)
+                elif (c.writing or now < c.flushed_at + delay
+                      or c.recv.statistics().current_buffer_used):
+                    # Its turn comes later: too soon, or its writer has not even taken what
+                    # it was given last time (the CPU is busy: let the frame grow meanwhile).
+                    self._dirty.append(c)
+                    wait_until = min(wait_until, max(now, c.flushed_at) + delay)
                 else:
                     c.dirty = False
                     c.flushed_at = now
+                    flushed += 1
                     if not c.flush():
                         self._close(c, CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full")
+            # Many connections flushed together take long to write: space their frames out
+            # as much, so that the time left between them publishes more to each frame.
+            delay = BATCH_DELAY_SECONDS * max(1.0, flushed / BATCH_CONNECTIONS_PER_DELAY)
             if self._dirty:
                 self._dirty_event.set()
                 await trio.sleep_until(wait_until)
