@@ -30,6 +30,10 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+# The checkout whose rpad is measured (default: this one). Its processes run with it first on
+# PYTHONPATH, so ``BENCH_RPAD_ROOT=/some/other/checkout`` measures that rpad with these
+# benchmarks.
+RPAD_ROOT = Path(os.environ.get("BENCH_RPAD_ROOT", ROOT)).resolve()
 PYTHON = sys.executable
 CLOCK_TICKS_PER_SECOND = os.sysconf("SC_CLK_TCK")
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
@@ -106,6 +110,12 @@ class CpuWindow:
         return 100.0 * (self._end[pid] - self._start[pid]) / wall
 
 
+def rpad_env() -> dict[str, str]:
+    """The environment of a process that imports the measured rpad."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=f"{RPAD_ROOT}:{path}" if path else str(RPAD_ROOT))
+
+
 def wait_with_cpu(proc: subprocess.Popen[str]) -> tuple[str, float]:
     """Read a child's whole output and reap it; returns (output, its CPU seconds: user +
     system of all its threads, from the kernel's accounting at exit)."""
@@ -148,11 +158,11 @@ class Server:
         return self.proc.pid
 
     def __enter__(self) -> Server:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
+        env = dict(rpad_env(), PYTHONUNBUFFERED="1", **(self.env or {}))
         log = open(self.log_path, "wb")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=ROOT)
+                                     cwd=RPAD_ROOT)
         log.close()
         deadline = t0 + START_TIMEOUT_SECONDS
         while time.monotonic() < deadline:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import wsload
-from common import (BENCH_DIR, PYTHON, CpuWindow, Rpad, Server, median, rpad_config)
+from common import BENCH_DIR, PYTHON, CpuWindow, Rpad, Server, median, rpad_config
 
 WINDOW = 200
 TOPIC = "bench.fanout"
@@ -215,7 +215,8 @@ def main() -> None:
     for key, r in out.items():
         print(f"{key:22s} {r['deliveries_per_second']:>10,.0f}/s  server cpu "
               f"{r['server_cpu']:.0f}% ({r['server_cpu_us_per_delivery']:.1f} us/delivery, "
-              f"{r['server_system_share']:.0%} in kernel)  load cpu {r['load_cpu']:.0f}%  delivered "
+              f"{r['server_system_share']:.0%} in kernel)  load cpu {r['load_cpu']:.0f}%  "
+              "delivered "
               f"{r['delivered']}/{r['expected']} in {r['frames']} frames")
 
 

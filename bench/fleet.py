@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from common import PYTHON, Rpad, median, rpad_config
+from common import PYTHON, Rpad, median, rpad_config, rpad_env
 
 T0 = 1_767_225_600.0
 STEADY_FRACTION = 1 / 15  # beats every 30 s, pushes every 2 s
@@ -72,67 +72,74 @@ def _median_seconds(fn: Callable[[], Any], prepare: Callable[[], Any], repeat: i
 
 
 def worker(quick: bool) -> dict[str, Any]:
-    from rpad.hub import envelope
-    from rpad.models import iso
-
     repeat = 3 if quick else 7
     out: dict[str, Any] = {}
     rng = random.Random(1)
-    clock = [T0 + 10.0]
-
     for n in (1000, 10_000, 100_000):
-        reg = build(n)
-        hbs = [_heartbeat(i) for i in range(n)]
+        out.update(_fleet_of(n, repeat, rng))
+    return out
 
-        def beat(indices: range | list[int]) -> None:
-            clock[0] += 1.0
-            for i in indices:
+
+def _fleet_of(n: int, repeat: int, rng: random.Random) -> dict[str, Any]:
+    from rpad.hub import envelope
+    from rpad.models import iso
+
+    out: dict[str, Any] = {}
+    clock = [T0 + 10.0]
+    reg = build(n)
+    hbs = [_heartbeat(i) for i in range(n)]
+    steady_ids = max(1, int(n * STEADY_FRACTION))
+
+    def beat(indices: range | list[int]) -> None:
+        clock[0] += 1.0
+        for i in indices:
+            reg.heartbeat(hbs[i], clock[0])
+
+    def server_list() -> str:
+        return envelope("SERVER_LIST", "servers", 1, iso(clock[0]), reg.servers_json())
+
+    cold = _median_seconds(server_list, lambda: beat(range(n)), repeat)
+    steady = _median_seconds(server_list, lambda: beat(rng.sample(range(n), steady_ids)),
+                             repeat)
+    views = reg.views()
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    stdlib = _median_seconds(lambda: encode({"servers": views}), lambda: None, repeat)
+    entry = {"cold_ms": cold * 1e3, "steady_ms": steady * 1e3, "stdlib_ms": stdlib * 1e3,
+             "bytes": len(server_list())}
+    delta_json = getattr(reg, "delta_json", None)  # an rpad without push.mode = "delta"
+    if delta_json is not None:
+        since = [reg.revision]
+
+        def delta() -> str:
+            text = delta_json(since[0])
+            since[0] = reg.revision
+            assert text is not None
+            return envelope("SERVER_LIST_DELTA", "servers", 1, iso(clock[0]), text)
+
+        entry["delta_ms"] = _median_seconds(
+            delta, lambda: beat(rng.sample(range(n), steady_ids)), repeat) * 1e3
+    out[f"server_list_{n}"] = entry
+    if n != 100_000:
+        return out
+
+    now = clock[0] + 1.0  # nobody has timed out
+    out["sweep_none_ms"] = _median_seconds(lambda: reg.sweep(now), lambda: None, repeat) * 1e3
+    victims = rng.sample(range(n), n // 100)
+    victim_set = set(victims)
+
+    def expire() -> None:  # 1% fell silent 62 s ago; the rest beat just now
+        clock[0] += 1.0
+        for i in victims:  # (back online after the previous repetition)
+            reg.heartbeat(hbs[i], clock[0])
+        clock[0] += 62.0
+        for i in range(n):
+            if i not in victim_set:
                 reg.heartbeat(hbs[i], clock[0])
 
-        def server_list() -> str:
-            return envelope("SERVER_LIST", "servers", 1, iso(clock[0]), reg.servers_json())
-
-        cold = _median_seconds(server_list, lambda: beat(range(n)), repeat)
-        steady_ids = max(1, int(n * STEADY_FRACTION))
-        steady = _median_seconds(server_list,
-                                 lambda: beat(rng.sample(range(n), steady_ids)), repeat)
-        views = reg.views()
-        encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-        stdlib = _median_seconds(lambda: encode({"servers": views}), lambda: None, repeat)
-        entry = {"cold_ms": cold * 1e3, "steady_ms": steady * 1e3, "stdlib_ms": stdlib * 1e3,
-                 "bytes": len(server_list())}
-        delta_json = getattr(reg, "delta_json", None)
-        if delta_json is not None:
-            since = [reg.revision]
-
-            def delta() -> str:
-                text, since[0] = delta_json(since[0])
-                return envelope("SERVER_LIST_DELTA", "servers", 1, iso(clock[0]), text)
-
-            entry["delta_ms"] = _median_seconds(
-                delta, lambda: beat(rng.sample(range(n), steady_ids)), repeat) * 1e3
-        out[f"server_list_{n}"] = entry
-
-        if n == 100_000:
-            now = clock[0] + 1.0  # nobody has timed out
-            out["sweep_none_ms"] = _median_seconds(lambda: reg.sweep(now), lambda: None,
-                                                   repeat) * 1e3
-            victims = rng.sample(range(n), n // 100)
-
-            def expire() -> None:  # 1% fell silent 62 s ago; the rest beat just now
-                clock[0] += 1.0
-                for i in victims:  # (back online after the previous repetition)
-                    reg.heartbeat(hbs[i], clock[0])
-                clock[0] += 62.0
-                for i in range(n):
-                    if i not in victim_set:
-                        reg.heartbeat(hbs[i], clock[0])
-
-            victim_set = set(victims)
-            swept: list[int] = []
-            out["sweep_1pct_ms"] = _median_seconds(
-                lambda: swept.append(len(reg.sweep(clock[0] + 0.5))), expire, repeat) * 1e3
-            out["sweep_1pct_events"] = swept[-1]
+    swept: list[int] = []
+    out["sweep_1pct_ms"] = _median_seconds(
+        lambda: swept.append(len(reg.sweep(clock[0] + 0.5))), expire, repeat) * 1e3
+    out["sweep_1pct_events"] = swept[-1]
     return out
 
 
@@ -151,7 +158,8 @@ def startup(quick: bool, work: Path) -> dict[str, Any]:
     runs = 1 if quick else 5
     n = 100_000
     full_state = work / "startup-full"
-    _make_db(full_state / "rpad.db", n)
+    subprocess.run([PYTHON, __file__, "--make-db", str(full_state / "rpad.db"), str(n)],
+                   env=rpad_env(), check=True)
     times: dict[str, list[float]] = {"full": [], "empty": []}
     for r in range(runs):
         for kind in ("empty", "full"):
@@ -164,7 +172,7 @@ def startup(quick: bool, work: Path) -> dict[str, Any]:
 
 def run(quick: bool, work: Path) -> dict[str, Any]:
     argv = [PYTHON, __file__, "--worker"] + (["--quick"] if quick else [])
-    proc = subprocess.run(argv, capture_output=True, text=True, check=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, check=True, env=rpad_env())
     out: dict[str, Any] = json.loads(proc.stdout)
     out["startup"] = startup(quick, work)
     return out
@@ -174,7 +182,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--make-db", nargs=2, metavar=("PATH", "CLIENTS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.make_db:
+        _make_db(Path(args.make_db[0]), int(args.make_db[1]))
+        return
     if args.worker:
         json.dump(worker(args.quick), sys.stdout)
         return

@@ -28,8 +28,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from common import (BENCH_DIR, PYTHON, CpuWindow, Rpad, Server, median, need, rpad_config,
-                    wait_with_cpu)
+from common import (
+    BENCH_DIR,
+    PYTHON,
+    CpuWindow,
+    Rpad,
+    Server,
+    median,
+    need,
+    rpad_config,
+    wait_with_cpu,
+)
 
 LUA = BENCH_DIR / "ingest.lua"
 WRK_THREADS = 1
@@ -134,7 +143,7 @@ def summarize(single_r: dict[str, Any], batch_r: dict[str, Any]) -> dict[str, An
         "ceiling_server_cpu": median([next(iter(r["cpu"].values())) for r in cl]),
         "ceiling_wrk_cpu": median([r["wrk_cpu"] for r in cl]),
         # Ratio of each side-by-side pair, then the median of the ratios.
-        "single_ratio": median([a["rps"] / b["rps"] for a, b in zip(rp, cl)]),
+        "single_ratio": median([a["rps"] / b["rps"] for a, b in zip(rp, cl, strict=True)]),
         "batch_hb_per_s": median([r["heartbeats_per_second"] for r in batch_r["rpad"]]),
         "batch_p50_ms": median([r["p50_us"] / 1000 for r in batch_r["rpad"]]),
         "batch_p99_ms": median([r["p99_us"] / 1000 for r in batch_r["rpad"]]),

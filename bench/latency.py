@@ -58,7 +58,8 @@ class HttpSender:
                 f"Authorization: Bearer {self.token}\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(body)}\r\n\r\n").encode() + body
 
-    def run(self, items: list[tuple[str, bytes]], rate: float) -> dict[str, tuple[float, float, int]]:
+    def run(self, items: list[tuple[str, bytes]],
+            rate: float) -> dict[str, tuple[float, float, int]]:
         """Send ``items`` (id, request bytes) at ``rate`` per second; returns id → (sent,
         answered, status) on the monotonic clock."""
         ep = select.epoll()

@@ -63,7 +63,8 @@ def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     return header + mask + payload
 
 
-def connect(url: str, *, extra_headers: Sequence[tuple[str, str]] = ()) -> tuple[socket.socket, bytes]:
+def connect(url: str, *,
+            extra_headers: Sequence[tuple[str, str]] = ()) -> tuple[socket.socket, bytes]:
     """Open a WebSocket (blocking handshake); returns the socket (now non-blocking) and any bytes
     received after the handshake."""
     parts = urlsplit(url)

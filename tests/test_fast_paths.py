@@ -33,8 +33,8 @@ import json
 import random
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -301,7 +301,7 @@ async def test_a_batching_connection_gets_exactly_what_an_unbatched_one_gets(
             assert len(conns) == 3 and all(can_write_together(c.ws) for c in conns)
             readers = {"plain": Frames(plain), "query": Frames(by_query),
                        "message": Frames(by_message)}
-            for name, f in readers.items():
+            for f in readers.values():
                 for topic in topics:
                     await f.ws.send(action="subscribe", topic=topic)
                     assert (await f.until("SUBSCRIBED", topic=topic))[-1]["data"]["topic"] == topic
@@ -556,7 +556,8 @@ def test_the_fast_heartbeat_reader_agrees_on_every_edge_value() -> None:
     for value in _EDGES:
         cases += [{"clientId": "r", key: value} for key in keys]
         cases += [{"clientId": "r", "metrics": {m: value}} for m in METRIC_FIELDS]
-        cases.append({"clientId": "r", "metrics": {"cpuUsagePercent": 1, "cpu_usage_percent": value}})
+        cases.append({"clientId": "r",
+                      "metrics": {"cpuUsagePercent": 1, "cpu_usage_percent": value}})
     for data in cases:
         fast = _heartbeat_fast(data)
         full = _full(data)
