@@ -83,7 +83,7 @@ from .auth import Authenticator, AuthError, Principal, bearer_token
 from .config import WebSocketConfig, parse_listen
 from .models import has_lone_surrogate, iso
 from .proxy import client_address
-from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, HEARTBEAT_RECEIVED, Event
+from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, HEARTBEAT_RECEIVED, OFFLINE, Event
 
 log = logging.getLogger(__name__)
 
@@ -1276,10 +1276,8 @@ class Hub:
                        "agent_shutdown": "its agent shut down"}.get(ev.reason or "", ev.reason)
                 self.notify(title="Client offline", message=f"{name} went offline ({why})",
                             level="warning", auto_close=False, extra={"clientId": ev.client_id})
-            elif ev.type == CLIENT_CONNECTED and ev.data.get("registeredAt") != ev.data.get(
-                    "onlineSince"):
-                # Not a client seen for the first time: one that was offline (or never heard
-                # from since its registration) is online again.
+            elif ev.type == CLIENT_CONNECTED and ev.previous_status == OFFLINE:
+                # One that was offline is back (not a client heard from for the first time).
                 self.notify(title="Client online", message=f"{name} is online again",
                             level="success", auto_close=True, extra={"clientId": ev.client_id})
 

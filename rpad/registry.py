@@ -126,6 +126,9 @@ class Event:
     at: float
     data: dict[str, Any]
     reason: str | None = None
+    # For CLIENT_CONNECTED / CLIENT_DISCONNECTED: the status it left (unknown for a client
+    # never heard from before, offline for one that came back).
+    previous_status: str | None = None
 
     @property
     def is_transition(self) -> bool:
@@ -349,12 +352,13 @@ class Registry:
             if was_status != OFFLINE:
                 self._set_status(client, OFFLINE)
                 client.offline_since = now
-                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_SHUTDOWN))
+                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_SHUTDOWN,
+                                          was_status))
         elif was_status != ONLINE:
             self._set_status(client, ONLINE)
             client.online_since = now
             client.offline_since = None
-            events.append(self._event(CLIENT_CONNECTED, client, now, REASON_HEARTBEAT))
+            events.append(self._event(CLIENT_CONNECTED, client, now, REASON_HEARTBEAT, was_status))
         elif hb.status != old_reported or client.version != old_version:
             events.append(self._event(CLIENT_STATUS_UPDATE, client, now, None))
         if client.status == ONLINE:
@@ -447,7 +451,7 @@ class Registry:
             self._set_status(client, OFFLINE)
             client.offline_since = now
             self._bump(client)
-            events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT))
+            events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT, ONLINE))
         return events
 
     def sweep_all(self, now: float) -> list[Event]:
@@ -471,7 +475,7 @@ class Registry:
                 self._set_status(client, OFFLINE)
                 client.offline_since = now
                 self._bump(client)
-                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT))
+                events.append(self._event(CLIENT_DISCONNECTED, client, now, REASON_TIMEOUT, ONLINE))
         self._rebuild_index()
         return events
 
@@ -484,8 +488,11 @@ class Registry:
                 best = min(best, c.last_heartbeat_at + c.effective_timeout(default))
         return max(best, self.grace_until)
 
-    def _event(self, type_: str, client: Client, now: float, reason: str | None) -> Event:
+    def _event(self, type_: str, client: Client, now: float, reason: str | None,
+               previous_status: str | None = None) -> Event:
         data = client.view(self.default_timeout_seconds)
         if reason is not None and type_ in (CLIENT_DISCONNECTED, CLIENT_REMOVED, CLIENT_CONNECTED):
             data["reason"] = reason
-        return Event(type_, client.client_id, now, data, reason)
+        if previous_status is not None:
+            data["previousStatus"] = previous_status
+        return Event(type_, client.client_id, now, data, reason, previous_status)

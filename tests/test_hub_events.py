@@ -90,6 +90,7 @@ async def test_silence_means_client_disconnected_with_reason_timeout(
             last_beat = parse_iso(resp.json()["serverTime"])
             up = await ws.expect("CLIENT_CONNECTED")
             assert up["data"]["clientId"] == "robot-9"
+            assert up["data"]["previousStatus"] == "unknown"
             # (a client seen for the first time is news on client_status, not a notification)
 
             down = await ws.expect("CLIENT_DISCONNECTED")
@@ -111,11 +112,33 @@ async def test_silence_means_client_disconnected_with_reason_timeout(
             assert (await r.heartbeat("robot-9")).status_code == 200
             back = await ws.expect("CLIENT_CONNECTED")
             assert back["data"]["status"] == "online"
+            assert (down["data"]["previousStatus"], back["data"]["previousStatus"]) == (
+                "online", "offline")
             note2 = await ws.expect("NOTIFICATION")
             assert note2["data"]["level"] == "success"
             assert "online again" in note2["data"]["message"]
             assert note2["data"]["id"] != note["data"]["id"]
             assert [m["seq"] for m in (up, down, back)] == [1, 2, 3]
+
+
+async def test_first_heartbeat_of_a_registered_client_is_not_online_again(
+        daemons: StartDaemon, make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(TIMEOUT):
+        r = await daemons(make_config(presence={"registration": "manual"}))
+        resp = await r.request("POST", "/api/v1/clients", json={"clientId": "new-1"})
+        assert resp.status_code == 201
+        async with ws_connect(r.ws_url, token=r.token("admin", "ops")) as ws:
+            await ws.subscribe("client_status")
+            await ws.subscribe("notifications")
+            assert (await r.heartbeat("new-1")).status_code == 200
+            up = await ws.expect("CLIENT_CONNECTED")
+            assert up["data"]["previousStatus"] == "unknown"
+            # The next notification is the one sent now, not an "online again" for new-1.
+            resp = await r.request("POST", "/api/v1/websocket/notify", json={
+                "topic": "notifications", "title": "marker", "message": "m", "level": "info"})
+            assert resp.status_code == 200, resp.text
+            note = await ws.expect("NOTIFICATION", skip=("HEARTBEAT_RECEIVED",))
+            assert note["data"]["title"] == "marker"
 
 
 async def test_task_progress_on_an_app_topic(

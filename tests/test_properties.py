@@ -129,8 +129,7 @@ class RegistryMachine(RuleBasedStateMachine):
             topic = TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED else TOPIC_CLIENT_STATUS
             self.expected_seq[topic] = self.expected_seq.get(topic, 0) + 1
             if e.type == CLIENT_DISCONNECTED or (
-                    e.type == CLIENT_CONNECTED
-                    and e.data["registeredAt"] != e.data["onlineSince"]):
+                    e.type == CLIENT_CONNECTED and e.previous_status == "offline"):
                 self.expected_seq[TOPIC_NOTIFICATIONS] = (
                     self.expected_seq.get(TOPIC_NOTIFICATIONS, 0) + 1)
         for t in TOPICS:

@@ -360,3 +360,16 @@ def test_view_shape_and_revision() -> None:
         "latestMetrics": {"load1": 0.5},
     }
     assert reg.views() == [reg.view(out.client)]
+
+
+def test_transitions_say_which_status_they_left() -> None:
+    reg = make_registry(min_interval=0)
+    up = [e for e in reg.heartbeat(hb("a"), T0).events if e.type == "CLIENT_CONNECTED"][0]
+    assert (up.previous_status, up.data["previousStatus"]) == ("unknown", "unknown")
+    down = reg.sweep(T0 + TIMEOUT + 1)[0]
+    assert (down.type, down.previous_status) == ("CLIENT_DISCONNECTED", "online")
+    back = [e for e in reg.heartbeat(hb("a"), T0 + TIMEOUT + 2).events if e.type == "CLIENT_CONNECTED"][0]
+    assert back.previous_status == "offline"
+    bye = [e for e in reg.heartbeat(hb("a", status="offline"), T0 + TIMEOUT + 3).events
+           if e.type == "CLIENT_DISCONNECTED"][0]
+    assert (bye.previous_status, bye.reason) == ("online", "agent_shutdown")
