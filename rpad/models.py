@@ -121,7 +121,7 @@ class Heartbeat:
     metadata: dict[str, Any] | None = None
 
 
-class _Fields:
+class Fields:
     """Reads a JSON object's fields by camelCase name (or snake_case alias), collecting errors
     with their camelCase path."""
 
@@ -155,7 +155,7 @@ class _Fields:
         if value is None:
             return None
         if not isinstance(value, str):
-            self.fail(name, f"must be a string, got {_kind(value)}")
+            self.fail(name, f"must be a string, got {kind_of(value)}")
             return None
         if len(value) > max_chars:
             self.fail(name, f"must be at most {max_chars} characters, got {len(value)}")
@@ -177,7 +177,7 @@ class _Fields:
         if value is None:
             return None
         if _finite(value) is None:
-            self.fail(name, f"must be a number, got {_kind(value)}")
+            self.fail(name, f"must be a number, got {kind_of(value)}")
             return None
         if minimum is not None and value < minimum:
             self.fail(name, f"must be at least {minimum:g}, got {value:g}")
@@ -192,7 +192,7 @@ class _Fields:
         if value is None:
             return None
         if not isinstance(value, dict):
-            self.fail(name, f"must be a JSON object, got {_kind(value)}")
+            self.fail(name, f"must be a JSON object, got {kind_of(value)}")
             return None
         try:
             text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
@@ -234,7 +234,7 @@ def _finite(value: Any) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -250,7 +250,7 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def parse_client_id(value: Any, fields: _Fields, name: str, alias: str | None) -> str | None:
+def parse_client_id(value: Any, fields: Fields, name: str, alias: str | None) -> str | None:
     if isinstance(value, bool):
         fields.fail(name, "must be a string or an integer, got a boolean")
         return None
@@ -260,7 +260,7 @@ def parse_client_id(value: Any, fields: _Fields, name: str, alias: str | None) -
             return None
         value = str(value)
     if not isinstance(value, str):
-        fields.fail(name, f"must be a string or an integer, got {_kind(value)}")
+        fields.fail(name, f"must be a string or an integer, got {kind_of(value)}")
         return None
     if not CLIENT_ID_RE.fullmatch(value):
         fields.fail(name, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
@@ -371,9 +371,9 @@ def _parse_heartbeat_full(data: Any, prefix: str = "") -> Heartbeat:
     errors: list[dict[str, str]] = []
     if not isinstance(data, dict):
         raise ValidationFailed(
-            [{"field": prefix.rstrip(".") or "(body)", "message": f"must be a JSON object, got {_kind(data)}"}]
+            [{"field": prefix.rstrip(".") or "(body)", "message": f"must be a JSON object, got {kind_of(data)}"}]
         )
-    f = _Fields(data, prefix, errors)
+    f = Fields(data, prefix, errors)
     raw_id = f.get("clientId", "client_id")
     client_id = None
     if raw_id is None:
@@ -395,7 +395,7 @@ def _parse_heartbeat_full(data: Any, prefix: str = "") -> Heartbeat:
                 f.fail("timestamp", "must be epoch seconds or milliseconds from 1970 to 9999")
                 timestamp = None
         else:
-            f.fail("timestamp", f"must be an ISO 8601 time, got {_kind(raw_ts)}")
+            f.fail("timestamp", f"must be an ISO 8601 time, got {kind_of(raw_ts)}")
     status = f.string("status", pattern=REPORTED_STATUS_RE,
                       what="must be a short word such as online, busy, idle, error or offline")
     version = f.string("version", max_chars=64)
@@ -407,9 +407,9 @@ def _parse_heartbeat_full(data: Any, prefix: str = "") -> Heartbeat:
     raw_metrics = f.get("metrics")
     if raw_metrics is not None:
         if not isinstance(raw_metrics, dict):
-            f.fail("metrics", f"must be a JSON object, got {_kind(raw_metrics)}")
+            f.fail("metrics", f"must be a JSON object, got {kind_of(raw_metrics)}")
         else:
-            mf = _Fields(raw_metrics, f"{prefix}metrics.", errors)
+            mf = Fields(raw_metrics, f"{prefix}metrics.", errors)
             metrics = {}
             for key, alias in _METRIC_ALIASES:
                 if key not in raw_metrics and alias not in raw_metrics:
@@ -455,9 +455,9 @@ class Registration:
 
 def parse_registration(data: Any) -> Registration:
     if not isinstance(data, dict):
-        raise ValidationFailed([{"field": "(body)", "message": f"must be a JSON object, got {_kind(data)}"}])
+        raise ValidationFailed([{"field": "(body)", "message": f"must be a JSON object, got {kind_of(data)}"}])
     errors: list[dict[str, str]] = []
-    f = _Fields(data, "", errors)
+    f = Fields(data, "", errors)
     raw_id = f.get("clientId", "client_id")
     client_id = None
     if raw_id is None:
@@ -478,11 +478,11 @@ def parse_registration(data: Any) -> Registration:
     return Registration(client_id, name, tags, timeout, metadata)
 
 
-def parse_tags(value: Any, f: _Fields) -> list[str] | None:
+def parse_tags(value: Any, f: Fields) -> list[str] | None:
     if value is None:
         return None
     if not isinstance(value, list):
-        f.fail("tags", f"must be an array of strings, got {_kind(value)}")
+        f.fail("tags", f"must be an array of strings, got {kind_of(value)}")
         return None
     if len(value) > MAX_TAGS:
         f.fail("tags", f"must have at most {MAX_TAGS} tags, got {len(value)}")

@@ -36,7 +36,8 @@ from .hub import (
     TYPE_RE,
     Hub,
 )
-from .models import ValidationFailed
+from .models import Fields, ValidationFailed, kind_of
+from .proxy import client_address
 
 USER_ID_MAX_CHARS = 128
 TITLE_MAX_CHARS = 200
@@ -47,57 +48,28 @@ DEFAULT_DISCONNECT_REASON = "disconnected by an administrator"
 _USER_ID_RE = re.compile(r"[^\x00-\x1f]{1,128}")
 
 
-class _Body:
-    """Reads a JSON object's fields and collects problems as ``{"field", "message"}``."""
+class _Body(Fields):
+    """A management request's body: unknown fields are refused, ``required`` fields named."""
+
+    __slots__ = ()
 
     def __init__(self, data: dict[str, Any], known: tuple[str, ...]) -> None:
-        self.data = data
-        self.errors: list[dict[str, str]] = []
+        super().__init__(data, "", [])
         for key in data:
             if key not in known:
                 self.fail(str(key)[:64], f"is not a known field ({', '.join(known)})")
 
-    def fail(self, field: str, message: str) -> None:
-        self.errors.append({"field": field, "message": message})
-
-    def string(self, name: str, *, required: bool = False, max_chars: int = 256,
-               pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
-        value = self.data.get(name)
-        if value is None:
-            if required:
-                self.fail(name, "is required")
+    def string(self, name: str, alias: str | None = None, *, required: bool = False,  # type: ignore[override]
+               max_chars: int = 256, pattern: re.Pattern[str] | None = None,
+               what: str = "") -> str | None:
+        if required and self.data.get(name) is None:
+            self.fail(name, "is required")
             return None
-        if not isinstance(value, str):
-            self.fail(name, f"must be a string, got {_kind(value)}")
-            return None
-        if len(value) > max_chars:
-            self.fail(name, f"must be at most {max_chars} characters, got {len(value)}")
-            return None
-        if "\x00" in value:
-            self.fail(name, "must not contain NUL characters")
-            return None
-        if pattern is not None and not pattern.fullmatch(value):
-            self.fail(name, what or f"must match {pattern.pattern}")
-            return None
-        return value
+        return super().string(name, alias, max_chars=max_chars, pattern=pattern, what=what)
 
     def check(self) -> None:
         if self.errors:
             raise ValidationFailed(self.errors)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _json_data(body: _Body, name: str = "data") -> Any:
@@ -135,7 +107,8 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
 
     def principal() -> Principal:
         return authenticate(state, request.headers.get("Authorization"),
-                            request.remote_addr or "unknown")
+                            client_address(request.remote_addr or "unknown", request.headers.get,
+                                           state.config.http.trusted_proxies))
 
     async def body_object() -> dict[str, Any]:
         limit = state.config.http.max_body_bytes
