@@ -38,8 +38,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 import attrs
 import trio

@@ -100,7 +100,7 @@ def _alg_of_public_key(key: Any) -> str:
         return "RS256"
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
-            raise ValueError(f"an EC key must be on the P-256 curve (ES256), not {key.curve.name}")
+            raise ValueError(f"an EC key must be on the P-256 curve (ES256), not {key.curve.name}")  # noqa: TRY004 (a key file's content, reported as a config error)
         return "ES256"
     if isinstance(key, ed25519.Ed25519PublicKey):
         return "EdDSA"

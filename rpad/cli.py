@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -115,9 +114,9 @@ def _startup_problem(exc: BaseException) -> str | None:
 def cmd_token(args: argparse.Namespace) -> int:
     import time
 
-    from .auth import Authenticator, load_keys, parse_ttl
-
     import attrs
+
+    from .auth import Authenticator, load_keys, parse_ttl
 
     cfg = _load_config(args.config)
     if args.secret_file:

@@ -217,7 +217,7 @@ def _make_converter() -> cattrs.Converter:
             for i, item in enumerate(value):
                 try:
                     items.append(conv.structure(item, item_type))
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 (noted and re-raised)
                     exc.__notes__ = [*getattr(exc, "__notes__", []), IterableValidationNote(
                         f"Structuring {list_type} @ index {i}", i, item_type)]
                     errors.append(exc)
@@ -412,7 +412,7 @@ def validate(cfg: Config) -> None:
 def from_dict(data: dict[str, Any]) -> Config:
     try:
         cfg = _converter.structure(data, Config)
-    except Exception as exc:  # cattrs raises validation groups and plain errors alike
+    except Exception as exc:  # noqa: BLE001 - cattrs raises validation groups and plain errors alike
         problems: list[str] = []
         _collect(exc, "$", problems)
         raise ConfigError(problems) from None

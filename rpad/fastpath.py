@@ -67,7 +67,7 @@ async def handle_heartbeat(
         hb = parse_heartbeat(body)
         require_client_access(principal, hb.client_id, write=True)
         return 200, await state.presence.heartbeat(hb, peer), {}
-    except Exception as exc:  # only the domain's errors are translated; others re-raise
+    except Exception as exc:  # noqa: BLE001 - only the domain's errors are translated; others re-raise
         err = api_error_from(exc)
         if not isinstance(exc, RateLimited | UnknownClient | StorageUnavailable):
             # Refused before reaching Presence (which counts its own refusals).

@@ -20,14 +20,21 @@ from quart import Quart, Response, request
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from .auth import AuthError, Authenticator, Principal, bearer_token, parse_ttl, require_client_access, require_role
+from .auth import (
+    Authenticator,
+    AuthError,
+    Principal,
+    bearer_token,
+    parse_ttl,
+    require_client_access,
+    require_role,
+)
 from .config import Config
 from .models import (
     ValidationFailed,
     client_id_from_path,
     has_lone_surrogate,
     iso,
-    parse_heartbeat,
     parse_registration,
 )
 from .presence import MAX_BATCH_HEARTBEATS, Presence
@@ -132,7 +139,7 @@ class AppState:
     limiter: AuthFailureLimiter
     started_at: float
     epoch: str
-    extra_health: Callable[[], dict[str, Any]] = lambda: {}
+    extra_health: Callable[[], dict[str, Any]] = dict
 
 
 def authenticate(state: AppState, authorization: str | None, peer: str) -> Principal:
@@ -348,7 +355,7 @@ def create_app(state: AppState) -> Quart:
             if raw is not None:
                 try:
                     if not isinstance(raw, str):
-                        raise ValueError("must be a string such as 30d or never")
+                        raise ValueError("must be a string such as 30d or never")  # noqa: TRY004 (caught just below)
                     ttl = parse_ttl(raw)
                 except ValueError as exc:
                     raise ApiError(422, "validation_failed", "invalid field: ttl",

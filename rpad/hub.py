@@ -1429,7 +1429,7 @@ class Hub:
 class _MessageRate:
     """A token bucket of MESSAGE_BURST messages refilled at MESSAGES_PER_SECOND."""
 
-    __slots__ = ("tokens", "last", "dropped", "dropped_in_a_row")
+    __slots__ = ("dropped", "dropped_in_a_row", "last", "tokens")
 
     def __init__(self) -> None:
         self.tokens = float(MESSAGE_BURST)

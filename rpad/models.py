@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -54,7 +54,7 @@ def iso(ts: float | None) -> str | None:
     if prefix is None:
         if len(_ISO_SECONDS_CACHE) >= _ISO_CACHE_SIZE:
             _ISO_SECONDS_CACHE.clear()
-        prefix = datetime.fromtimestamp(whole, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
         _ISO_SECONDS_CACHE[whole] = prefix
     return f"{prefix}.{millis:03d}Z"
 
@@ -68,7 +68,7 @@ def parse_iso(text: str) -> float:
         t = t[:-1] + "+00:00"
     dt = datetime.fromisoformat(t)
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return dt.timestamp()
 
 
@@ -125,7 +125,7 @@ class Fields:
     """Reads a JSON object's fields by camelCase name (or snake_case alias), collecting errors
     with their camelCase path."""
 
-    __slots__ = ("data", "prefix", "errors", "seen")
+    __slots__ = ("data", "errors", "prefix", "seen")
 
     def __init__(self, data: dict[str, Any], prefix: str, errors: list[dict[str, str]]) -> None:
         self.data = data

@@ -333,9 +333,7 @@ class Registry:
         client.ip_address = hb.ip_address if hb.ip_address is not None else (peer_address or client.ip_address)
         if hb.os_type is not None:
             client.os_type = hb.os_type
-        if hb.name is not None and not client.registered:
-            client.name = hb.name
-        elif hb.name is not None and client.name is None:
+        if hb.name is not None and not client.registered or hb.name is not None and client.name is None:
             client.name = hb.name
         if hb.interval_seconds is not None:
             client.interval_seconds = hb.interval_seconds

@@ -127,7 +127,7 @@ def _client_from_row(r: sqlite3.Row | tuple[Any, ...]) -> Client:
 class _Batch:
     """Staged writes and the event their waiters wait on."""
 
-    __slots__ = ("clients", "deleted", "events", "gens", "meta", "done", "error", "size")
+    __slots__ = ("clients", "deleted", "done", "error", "events", "gens", "meta", "size")
 
     def __init__(self) -> None:
         self.clients: dict[str, ClientRow] = {}

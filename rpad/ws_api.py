@@ -36,7 +36,7 @@ from .hub import (
     TYPE_RE,
     Hub,
 )
-from .models import Fields, ValidationFailed, kind_of
+from .models import Fields, ValidationFailed
 from .proxy import client_address
 
 USER_ID_MAX_CHARS = 128
@@ -59,7 +59,7 @@ class _Body(Fields):
             if key not in known:
                 self.fail(str(key)[:64], f"is not a known field ({', '.join(known)})")
 
-    def string(self, name: str, alias: str | None = None, *, required: bool = False,  # type: ignore[override]
+    def string(self, name: str, alias: str | None = None, *, required: bool = False,
                max_chars: int = 256, pattern: re.Pattern[str] | None = None,
                what: str = "") -> str | None:
         if required and self.data.get(name) is None:
