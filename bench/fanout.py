@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import threading
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +78,18 @@ class Session:
         if kind.startswith("rpad"):
             self.pub.read_until(b"CONNECTION_ESTABLISHED", 30)
         self.seq = 0
+        # The publisher's socket is read all the time (rpad answers each publish, and pings:
+        # an unanswered ping closes the connection), by a thread; writes take the lock.
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.reader = threading.Thread(target=self._read_publisher, daemon=True)
+        self.reader.start()
+
+    def _read_publisher(self) -> None:
+        while not self.done.is_set() and not self.pub.closed:
+            if wsload.wait_readable(self.pub.sock, 0.05):
+                with self.lock:
+                    self.pub.receive()
 
     def _frame(self, seq: int) -> bytes:
         if self.kind.startswith("rpad"):
@@ -96,7 +109,6 @@ class Session:
         target = start_seq + events
         frames = [self._frame(s) for s in range(start_seq + 1, target + 1)]
         window = CpuWindow([self.server_pid, *[w.pid for w in self.workers]])
-        self.pub.sock.setblocking(True)
         window.start()
         t0 = time.monotonic()
         sent = start_seq
@@ -104,13 +116,16 @@ class Session:
         while lowest < target:
             room = min(target - sent, WINDOW - (sent - lowest))
             if room > 0:
-                self.pub.sock.sendall(b"".join(frames[sent - start_seq:sent - start_seq + room]))
+                with self.lock:
+                    self.pub.sock.setblocking(True)
+                    try:
+                        self.pub.sock.sendall(
+                            b"".join(frames[sent - start_seq:sent - start_seq + room]))
+                    finally:
+                        self.pub.sock.setblocking(False)
                 sent += room
-            # Drain the publisher's own socket (rpad answers each publish).
-            while wsload.wait_readable(self.pub.sock, 0):
-                data = self.pub.sock.recv(wsload.RECV_BYTES)
-                if not data:
-                    raise RuntimeError(f"{self.kind}: the publisher connection was closed")
+            if self.pub.closed:
+                raise RuntimeError(f"{self.kind}: the publisher's connection: {self.pub.closed}")
             if time.monotonic() - t0 > DRAIN_TIMEOUT_SECONDS:
                 raise RuntimeError(f"{self.kind}: stalled at seq {lowest} of {target}")
             time.sleep(0.0002)
@@ -128,6 +143,8 @@ class Session:
                 / (events * self.subscribers) * 1e6}
 
     def close(self) -> dict[str, int]:
+        self.done.set()
+        self.reader.join(5)
         self.stop.value = 1
         for w in self.workers:
             w.join(30)
