@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import threading
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
