@@ -85,29 +85,48 @@ class HttpSender:
                 busy[s.fileno()] = (s, cid, b"")
             timeout = max(0.0, t0 + k / rate - time.monotonic()) if k < len(items) else 1.0
             for fd, _ in ep.poll(min(timeout, 0.05)):
+                if fd not in busy:  # an idle connection closed by the server: replace it
+                    idle = next(x for x in free if x.fileno() == fd)
+                    free.remove(idle)
+                    free.append(self._replace(ep, idle))
+                    continue
                 s, cid, buf = busy[fd]
                 data = s.recv(65536)
                 if not data:
-                    raise RuntimeError("rpad closed a keep-alive connection")
+                    raise RuntimeError("rpad closed a keep-alive connection mid-request")
                 buf += data
                 head, sep, body = buf.partition(b"\r\n\r\n")
                 if not sep:
                     busy[fd] = (s, cid, buf)
                     continue
-                length = 0
+                length, closing = 0, False
                 for line in head.split(b"\r\n")[1:]:
                     name, _, value = line.partition(b":")
-                    if name.strip().lower() == b"content-length":
+                    name = name.strip().lower()
+                    if name == b"content-length":
                         length = int(value)
+                    elif name == b"connection" and value.strip().lower() == b"close":
+                        closing = True  # Hypercorn's keep_alive_max_requests
                 if len(body) < length:
                     busy[fd] = (s, cid, buf)
                     continue
                 status = int(head.split(b" ", 2)[1])
                 out[cid] = (sent_at[cid], time.monotonic(), status)
                 del busy[fd]
-                free.append(s)
+                free.append(self._replace(ep, s) if closing else s)
         ep.close()
         return out
+
+    def _replace(self, ep: select.epoll, old: socket.socket) -> socket.socket:
+        ep.unregister(old.fileno())
+        self.socks.remove(old)
+        old.close()
+        new = socket.create_connection(self.addr)
+        new.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        new.setblocking(False)
+        self.socks.append(new)
+        ep.register(new.fileno(), select.EPOLLIN)
+        return new
 
     def close(self) -> None:
         for s in self.socks:
