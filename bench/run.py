@@ -76,6 +76,10 @@ def _pct(x: float) -> str:
     return "–" if x != x else f"{x:.0f} %"
 
 
+def _signed(x: float) -> str:
+    return f"{x:+.0%}".replace("-", "−")
+
+
 def _met(ok: bool | None) -> str:
     return "–" if ok is None else ("yes" if ok else "**no**")
 
@@ -120,7 +124,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
                     f"bare trio-websocket send loop: {_f(tr['deliveries_per_second'])} /s "
                     f"({_f(tr['server_cpu_us_per_delivery'], 1)} µs)",
                     f"{overhead:.2f}× the loop's capacity "
-                    f"(overhead {max(0.0, 1 / overhead - 1):.0%})",
+                    f"(overhead {_signed(1 / overhead - 1)})",
                     "overhead ≤ 10 %", _met(1 / overhead - 1 <= 0.10),
                     _fanout_note(rp, tr)))
             rb, ws = f.get(f"rpad-batch/{subs}"), f.get(f"websockets/{subs}")
