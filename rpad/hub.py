@@ -594,9 +594,9 @@ class Hub:
         if principal.role == "agent":
             await self._refuse(ws, CLOSE_FORBIDDEN, "agent tokens cannot use the WebSocket hub")
             return
-        live = [c for c in self._by_user.get(principal.sub, {}).values() if c.close_code is None]
+        live = sum(1 for c in self._by_user.get(principal.sub, {}).values() if c.close_code is None)
         limit = self.config.max_connections_per_user
-        if len(live) >= limit:
+        if live >= limit:
             await self._refuse(ws, CLOSE_TOO_MANY,
                                f"too many connections for this user (limit {limit})")
             return
