@@ -59,16 +59,26 @@ class Target:
     target: str
     host_header: str
 
+    @property
+    def secure(self) -> bool:
+        return self.scheme in _SECURE_SCHEMES
 
-def parse_url(url: str) -> Target:
-    """Split an ``http://`` or ``https://`` URL. Raises ValueError with the reason."""
+
+HTTP_SCHEMES = ("http", "https")
+WS_SCHEMES = ("ws", "wss")
+_SECURE_SCHEMES = ("https", "wss")
+
+
+def parse_url(url: str, schemes: tuple[str, str] = HTTP_SCHEMES) -> Target:
+    """Split a URL of one of ``schemes`` (plain, secure): ``http``/``https`` by default,
+    :data:`WS_SCHEMES` for the hub. Raises ValueError with the reason."""
     parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise ValueError(f"{url!r}: only http:// and https:// URLs are supported")
+    if parts.scheme not in schemes:
+        raise ValueError(f"{url!r}: only {schemes[0]}:// and {schemes[1]}:// URLs are supported")
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host name")
     try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = parts.port or (443 if parts.scheme in _SECURE_SCHEMES else 80)
     except ValueError:
         raise ValueError(f"{url!r}: the port is not a number from 0 to 65535") from None
     target = parts.path or "/"
@@ -110,7 +120,7 @@ async def _exchange(method: str, t: Target, body: bytes | None, headers: Mapping
                     ssl_context: ssl.SSLContext | None) -> HttpResponse:
     stream: trio.abc.Stream = await trio.open_tcp_stream(t.host, t.port)
     try:
-        if t.scheme == "https":
+        if t.secure:
             ctx = ssl_context or ssl.create_default_context()
             tls = trio.SSLStream(stream, ctx, server_hostname=t.host, https_compatible=True)
             stream = tls

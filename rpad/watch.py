@@ -30,9 +30,7 @@ import ssl
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
-from urllib.parse import urlsplit
 
-import attrs
 import trio
 from trio_websocket import (
     ConnectionClosed,
@@ -42,6 +40,7 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from . import httpclient
 from .agent import add_token_arguments, read_token
 from .retry import Backoff
 
@@ -150,28 +149,6 @@ def format_line(msg: dict[str, Any], pretty: bool) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-@attrs.frozen
-class WsTarget:
-    secure: bool
-    host: str
-    port: int
-    resource: str
-    host_header: str
-
-
-def ws_target(url: str) -> WsTarget:
-    """Split a ``ws://`` or ``wss://`` URL. Raises ValueError."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"not a ws:// or wss:// URL: {url!r}")
-    secure = parts.scheme == "wss"
-    port = parts.port or (443 if secure else 80)
-    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
-    host_header = host if port in (80, 443) else f"{host}:{port}"
-    return WsTarget(secure, parts.hostname, port, resource, host_header)
-
-
 class _EofAwareStream(trio.abc.Stream):
     """A stream that tells when the peer has closed it (``eof``), so that a handshake the
     server abandons is noticed at once rather than at the connect timeout."""
@@ -266,7 +243,7 @@ class Watcher:
         fails or is cancelled.
         """
         self._established = False
-        t = ws_target(self.url)
+        t = httpclient.parse_url(self.url, httpclient.WS_SCHEMES)
         try:
             with trio.fail_after(self.connect_timeout_seconds):
                 if t.secure:
@@ -286,7 +263,7 @@ class Watcher:
         finally:
             await trio.aclose_forcefully(stream)
 
-    async def _connection(self, stream: _EofAwareStream, t: WsTarget) -> Exception:
+    async def _connection(self, stream: _EofAwareStream, t: httpclient.Target) -> Exception:
         """Run the WebSocket over ``stream`` until it ends; return why it ended."""
         try:
             async with trio.open_nursery() as nursery:
@@ -297,7 +274,7 @@ class Watcher:
         return _Lost("connection ended")  # pragma: no cover - _converse never returns
 
     async def _handshake(self, nursery: trio.Nursery, stream: _EofAwareStream,
-                         t: WsTarget) -> WebSocketConnection:
+                         t: httpclient.Target) -> WebSocketConnection:
         headers = [(b"Authorization", f"Bearer {self.token}".encode())]
         done: list[WebSocketConnection] = []
         with trio.move_on_after(self.connect_timeout_seconds):
@@ -306,7 +283,7 @@ class Watcher:
                 async def shake() -> None:
                     # Typed for trio's own streams; any trio.abc.Stream works.
                     done.append(await wrap_client_stream(
-                        nursery, stream, t.host_header, t.resource,  # type: ignore[arg-type]
+                        nursery, stream, t.host_header, t.target,  # type: ignore[arg-type]
                         extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES))
                     race.cancel_scope.cancel()
 
@@ -484,7 +461,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         token = read_token(args.token, args.token_file)
         if not args.url.startswith(("ws://", "wss://")):
             raise ValueError(f"--url must start with ws:// or wss://, got {args.url!r}")
-        ws_target(args.url)
+        httpclient.parse_url(args.url, httpclient.WS_SCHEMES)
         if args.max_attempts < 0:
             raise ValueError("--max-attempts must not be negative")
     except ValueError as exc:
