@@ -9,6 +9,7 @@ registry's wall clock moves with Trio's clock.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -37,6 +38,22 @@ def need_tool(name: str) -> str:
             pytest.fail(f"{name} is required in CI but is not installed")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+async def read_serve_banner(stdout: trio.abc.ReceiveStream,
+                            why_not: Callable[[], str] = lambda: "") -> tuple[str, str | None]:
+    """Read the lines `rpad serve` prints once it listens, up to the dashboard line; return
+    (HTTP API URL, WebSocket hub URL or None). ``why_not()`` explains an early exit."""
+    text = ""
+    while "dashboard" not in text or not text.endswith("\n"):
+        chunk = await stdout.receive_some(4096)
+        if not chunk:
+            raise AssertionError(f"rpad exited before listening: {text!r}\n{why_not()}")
+        text += chunk.decode()
+    http = re.search(r"HTTP API (http://\S+)", text)
+    assert http, text
+    ws = re.search(r"WebSocket hub (wss?://\S+)", text)
+    return http.group(1), ws.group(1) if ws else None
 
 
 def fake_wall_clock() -> Callable[[], float]:

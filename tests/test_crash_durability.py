@@ -42,6 +42,7 @@ from rpad import config as config_mod
 from rpad.auth import Authenticator, load_keys
 from rpad.models import parse_iso
 
+from .conftest import read_serve_banner
 from .wsclient import Ws, ws_connect
 
 pytestmark = [
@@ -113,15 +114,9 @@ async def _start(cfg: Path, log: Any) -> Rpad:
         [sys.executable, "-m", "rpad", "serve", "--config", str(cfg)],
         stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
-    out = b""
     with trio.fail_after(START_TIMEOUT_SECONDS):
-        while b"WebSocket hub" not in out or not out.endswith(b"\n"):
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"rpad exited before listening: {out!r}"
-            out += chunk
-    lines = out.decode().splitlines()
-    http_url = next(line for line in lines if "HTTP API" in line).split()[-1]
-    ws_url = next(line for line in lines if "WebSocket hub" in line).split()[-1]
+        http_url, ws_url = await read_serve_banner(process.stdout)
+    assert ws_url is not None
     return Rpad(process, http_url, ws_url)
 
 

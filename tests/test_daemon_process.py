@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import sqlite3
@@ -24,6 +23,8 @@ import trio
 from rpad import config as config_mod
 from rpad.auth import Authenticator, load_keys
 from rpad.models import iso, parse_iso
+
+from .conftest import read_serve_banner
 
 pytestmark = pytest.mark.slow
 
@@ -79,7 +80,6 @@ class Serve:
         self.args = args
         self.stderr_path = tmp_path / f"{name}.stderr"
         self.proc: trio.Process | None = None
-        self.stdout = ""
         self.http_url = ""
 
     async def start(self, wait_listening: bool = True) -> None:
@@ -93,14 +93,7 @@ class Serve:
             return
         assert self.proc.stdout is not None
         with trio.fail_after(START_TIMEOUT_SECONDS):
-            while "dashboard" not in self.stdout:
-                chunk = await self.proc.stdout.receive_some(4096)
-                if not chunk:
-                    raise AssertionError(f"rpad exited early:\n{self.stderr()}")
-                self.stdout += chunk.decode()
-        m = re.search(r"HTTP API (http://\S+)", self.stdout)
-        assert m, self.stdout
-        self.http_url = m.group(1)
+            self.http_url, _ = await read_serve_banner(self.proc.stdout, self.stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

@@ -26,7 +26,7 @@ from rpad.auth import Authenticator, Keys
 from rpad.config import Config
 from rpad.systemd import Notifier
 
-from .conftest import FAKE_WALL_ORIGIN, fake_wall_clock, start_daemon
+from .conftest import FAKE_WALL_ORIGIN, fake_wall_clock, read_serve_banner, start_daemon
 from .test_alerts import HttpReceiver
 from .test_systemd import (
     AUTOJUMP_THRESHOLD_SECONDS,
@@ -64,7 +64,6 @@ class ServeProcess:
         self.extra_env = env or {}
         self.stderr_path = stderr_path or workdir / "stderr.log"
         self.proc: trio.Process | None = None
-        self.stdout = ""
         self.http_url = ""
         self.ws_url: str | None = None
 
@@ -91,16 +90,7 @@ class ServeProcess:
             err.close()
         await self.listener.wait_for("READY")
         assert self.proc.stdout is not None
-        while "dashboard" not in self.stdout:
-            chunk = await self.proc.stdout.receive_some(4096)
-            if not chunk:
-                raise AssertionError(f"rpad exited early:\n{self.stderr()}")
-            self.stdout += chunk.decode()
-        m = re.search(r"HTTP API (http://\S+)", self.stdout)
-        assert m, self.stdout
-        self.http_url = m.group(1)
-        ws = re.search(r"WebSocket hub (wss?://\S+)", self.stdout)
-        self.ws_url = ws.group(1) if ws else None
+        self.http_url, self.ws_url = await read_serve_banner(self.proc.stdout, self.stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
