@@ -263,9 +263,6 @@ class Authenticator:
             self._cache.popitem(last=False)
         return principal
 
-    def forget(self, token: str) -> None:
-        self._cache.pop(token, None)
-
     def _check_generation(self, p: Principal) -> None:
         if p.role == "agent" and p.gen != self.token_generation(p.sub):
             raise AuthError(401, "the token has been revoked", "token_revoked")

@@ -477,15 +477,6 @@ class Registry:
         self._rebuild_index()
         return events
 
-    def next_deadline(self) -> float:
-        """The earliest wall-clock time at which some online client would time out."""
-        default = self.default_timeout_seconds
-        best = math.inf
-        for c in self._clients.values():
-            if c.status == ONLINE and c.last_heartbeat_at is not None:
-                best = min(best, c.last_heartbeat_at + c.effective_timeout(default))
-        return max(best, self.grace_until)
-
     def _event(self, type_: str, client: Client, now: float, reason: str | None,
                previous_status: str | None = None) -> Event:
         data = client.view(self.default_timeout_seconds)

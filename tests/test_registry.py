@@ -332,18 +332,6 @@ def test_startup_grace_holds_back_every_timeout_until_it_ends() -> None:
     assert reg.sweep(restarted_at + 10 + TIMEOUT + 0.5)[0].client_id == "b"
 
 
-def test_next_deadline() -> None:
-    import math
-
-    reg = make_registry(min_interval=0)
-    assert reg.next_deadline() == math.inf
-    reg.heartbeat(hb("a"), T0)
-    reg.heartbeat(hb("b", interval_seconds=50.0), T0 - 30)
-    assert reg.next_deadline() == T0 + TIMEOUT
-    reg.grace_until = T0 + 500
-    assert reg.next_deadline() == T0 + 500
-
-
 def test_view_shape_and_revision() -> None:
     reg = make_registry()
     rev0 = reg.revision
@@ -364,12 +352,12 @@ def test_view_shape_and_revision() -> None:
 
 def test_transitions_say_which_status_they_left() -> None:
     reg = make_registry(min_interval=0)
-    up = [e for e in reg.heartbeat(hb("a"), T0).events if e.type == "CLIENT_CONNECTED"][0]
+    up = next(e for e in reg.heartbeat(hb("a"), T0).events if e.type == "CLIENT_CONNECTED")
     assert (up.previous_status, up.data["previousStatus"]) == ("unknown", "unknown")
     down = reg.sweep(T0 + TIMEOUT + 1)[0]
     assert (down.type, down.previous_status) == ("CLIENT_DISCONNECTED", "online")
-    back = [e for e in reg.heartbeat(hb("a"), T0 + TIMEOUT + 2).events if e.type == "CLIENT_CONNECTED"][0]
+    back = next(e for e in reg.heartbeat(hb("a"), T0 + TIMEOUT + 2).events if e.type == "CLIENT_CONNECTED")
     assert back.previous_status == "offline"
-    bye = [e for e in reg.heartbeat(hb("a", status="offline"), T0 + TIMEOUT + 3).events
-           if e.type == "CLIENT_DISCONNECTED"][0]
+    bye = next(e for e in reg.heartbeat(hb("a", status="offline"), T0 + TIMEOUT + 3).events
+           if e.type == "CLIENT_DISCONNECTED")
     assert (bye.previous_status, bye.reason) == ("online", "agent_shutdown")
