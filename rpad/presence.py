@@ -93,12 +93,10 @@ class Presence:
 
     # -- heartbeats ----------------------------------------------------------------------------
 
-    def _count(self, result: str) -> None:
-        self.heartbeats_by_result[result] = self.heartbeats_by_result.get(result, 0) + 1
-
-    def count_heartbeat(self, result: str) -> None:
-        """Count a heartbeat refused before it got here (bad token, bad body)."""
-        self._count(result)
+    def count_heartbeat(self, result: str, n: int = 1) -> None:
+        """Count heartbeats by result (also those refused before they got here: bad token,
+        bad body)."""
+        self.heartbeats_by_result[result] = self.heartbeats_by_result.get(result, 0) + n
 
     def _stage(self, events: Sequence[Event]) -> None:
         for ev in events:
@@ -125,10 +123,10 @@ class Presence:
         try:
             outcome = self.registry.heartbeat(hb, now, peer_address=peer)
         except RateLimited:
-            self._count("rate_limited")
+            self.count_heartbeat("rate_limited")
             raise
         except UnknownClient:
-            self._count("unknown_client")
+            self.count_heartbeat("unknown_client")
             raise
         client = outcome.client
         self.store.put_client(client)
@@ -154,10 +152,10 @@ class Presence:
         except StorageUnavailable:
             # Not acknowledged (503), but the registry has changed and the store retries the
             # write: announce the transition now, or it would never be announced at all.
-            self._count("storage_error")
+            self.count_heartbeat("storage_error")
             self._emit(events)
             raise
-        self._count("accepted")
+        self.count_heartbeat("accepted")
         self._emit(events)
         return response
 
@@ -177,12 +175,12 @@ class Presence:
             try:
                 hb = parse_heartbeat(raw, prefix=f"heartbeats[{i}].")
             except ValidationFailed as exc:
-                self._count("invalid")
+                self.count_heartbeat("invalid")
                 results.append({"index": i, "ok": False, "error": "validation_failed",
                                 "message": str(exc), "details": exc.details})
                 continue
             if not allowed(hb.client_id):
-                self._count("forbidden")
+                self.count_heartbeat("forbidden")
                 results.append({"index": i, "clientId": hb.client_id, "ok": False,
                                 "error": "forbidden", "message": "not allowed for this client"})
                 continue
@@ -206,12 +204,10 @@ class Presence:
             try:
                 await self.store.durable()
             except StorageUnavailable:
-                for _ in accepted:
-                    self._count("storage_error")
+                self.count_heartbeat("storage_error", len(accepted))
                 self._emit(all_events)  # as in heartbeat(): the registry has changed
                 raise
-        for _ in accepted:
-            self._count("accepted")
+        self.count_heartbeat("accepted", len(accepted))
         self._emit(all_events)
         return results
 
