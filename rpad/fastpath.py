@@ -20,7 +20,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from .auth import require_client_access
-from .http import ApiError, AppState, api_error_from, authenticate, error_body, parse_json_body
+from .http import (
+    ApiError,
+    AppState,
+    api_error_from,
+    authenticate,
+    check_body_length,
+    error_body,
+    parse_json_object,
+)
 from .models import parse_heartbeat
 from .proxy import client_address
 from .registry import RateLimited, UnknownClient
@@ -58,13 +66,8 @@ async def handle_heartbeat(
     try:
         principal = authenticate(state, authorization, peer)
         limit = state.config.http.max_body_bytes
-        if content_length is not None and content_length > limit:
-            raise ApiError(413, "body_too_large",
-                           f"the body is {content_length} bytes; the limit is {limit}")
-        body = parse_json_body(await read_body(limit))
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-        hb = parse_heartbeat(body)
+        check_body_length(content_length, limit)
+        hb = parse_heartbeat(parse_json_object(await read_body(limit)))
         require_client_access(principal, hb.client_id, write=True)
         return 200, await state.presence.heartbeat(hb, peer), {}
     except Exception as exc:  # noqa: BLE001 - only the domain's errors are translated; others re-raise

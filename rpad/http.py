@@ -167,6 +167,31 @@ def parse_json_body(data: bytes) -> Any:
     return body
 
 
+def check_body_length(content_length: int | None, limit: int) -> None:
+    """413 for a declared Content-Length over ``limit`` (before reading any of it)."""
+    if content_length is not None and content_length > limit:
+        raise ApiError(413, "body_too_large",
+                       f"the body is {content_length} bytes; the limit is {limit}")
+
+
+def parse_json_object(data: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object (400 otherwise)."""
+    body = parse_json_body(data)
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the request body must be a JSON object")
+    return body
+
+
+async def request_json_object(limit: int, *, allow_empty: bool = False) -> dict[str, Any]:
+    """The current Quart request's body as a JSON object; ``{}`` for an empty body when
+    ``allow_empty``."""
+    check_body_length(request.content_length, limit)
+    data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
+    if allow_empty and not data.strip():
+        return {}
+    return parse_json_object(data)
+
+
 def create_app(state: AppState) -> Quart:
     # No built-in /static route: rpad.dashboard serves the page's files by exact name.
     app = QuartTrio("rpad", static_folder=None)
@@ -185,15 +210,7 @@ def create_app(state: AppState) -> Quart:
         return authenticate(state, request.headers.get("Authorization"), peer())
 
     async def body_object() -> dict[str, Any]:
-        length = request.content_length
-        if length is not None and length > state.config.http.max_body_bytes:
-            raise ApiError(413, "body_too_large",
-                           f"the body is {length} bytes; the limit is {state.config.http.max_body_bytes}")
-        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        body = parse_json_body(data)
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-        return body
+        return await request_json_object(state.config.http.max_body_bytes)
 
     def known_client(client_id: str) -> str:
         cid = client_id_from_path(client_id)
@@ -346,20 +363,16 @@ def create_app(state: AppState) -> Quart:
         if presence.registry.get(cid) is None and state.config.presence.registration == "manual":
             raise ApiError(404, "unknown_client", "no client with this id is registered")
         ttl: float | None = None
-        data = await request.get_data(cache=False, as_text=False, parse_form_data=False)
-        if data.strip():
-            body = parse_json_body(data)
-            if not isinstance(body, dict):
-                raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-            raw = body.get("ttl")
-            if raw is not None:
-                try:
-                    if not isinstance(raw, str):
-                        raise ValueError("must be a string such as 30d or never")  # noqa: TRY004 (caught just below)
-                    ttl = parse_ttl(raw)
-                except ValueError as exc:
-                    raise ApiError(422, "validation_failed", "invalid field: ttl",
-                                   [{"field": "ttl", "message": str(exc)}]) from None
+        body = await request_json_object(state.config.http.max_body_bytes, allow_empty=True)
+        raw = body.get("ttl")
+        if raw is not None:
+            try:
+                if not isinstance(raw, str):
+                    raise ValueError("must be a string such as 30d or never")  # noqa: TRY004 (caught just below)
+                ttl = parse_ttl(raw)
+            except ValueError as exc:
+                raise ApiError(422, "validation_failed", "invalid field: ttl",
+                               [{"field": "ttl", "message": str(exc)}]) from None
         token = state.auth.mint(role="agent", sub=cid, ttl_seconds=ttl)
         now = presence.wall_clock()
         return json_response({

@@ -24,7 +24,7 @@ from .http import (
     AuthFailureLimiter,
     authenticate,
     json_response,
-    parse_json_body,
+    request_json_object,
 )
 from .hub import (
     MAX_PING_USER_TIMEOUT_SECONDS,
@@ -111,15 +111,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
                                            state.config.http.trusted_proxies))
 
     async def body_object() -> dict[str, Any]:
-        limit = state.config.http.max_body_bytes
-        length = request.content_length
-        if length is not None and length > limit:
-            raise ApiError(413, "body_too_large", f"the body is {length} bytes; the limit is {limit}")
-        data = await request.get_data(cache=False, as_text=False)
-        body = parse_json_body(data.encode() if isinstance(data, str) else data)
-        if not isinstance(body, dict):
-            raise ApiError(400, "invalid_json", "the request body must be a JSON object")
-        return body
+        return await request_json_object(state.config.http.max_body_bytes)
 
     def path_user(user_id: str) -> str:
         if not _USER_ID_RE.fullmatch(user_id):
