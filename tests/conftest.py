@@ -41,9 +41,10 @@ def need_tool(name: str) -> str:
 
 
 async def read_serve_banner(stdout: trio.abc.ReceiveStream,
-                            why_not: Callable[[], str] = lambda: "") -> tuple[str, str | None]:
+                            why_not: Callable[[], str] = lambda: "") -> tuple[str, str | None, str]:
     """Read the lines `rpad serve` prints once it listens, up to the dashboard line; return
-    (HTTP API URL, WebSocket hub URL or None). ``why_not()`` explains an early exit."""
+    (HTTP API URL, WebSocket hub URL or None, the text read). ``why_not()`` explains an early
+    exit."""
     text = ""
     while "dashboard" not in text or not text.endswith("\n"):
         chunk = await stdout.receive_some(4096)
@@ -53,7 +54,7 @@ async def read_serve_banner(stdout: trio.abc.ReceiveStream,
     http = re.search(r"HTTP API (http://\S+)", text)
     assert http, text
     ws = re.search(r"WebSocket hub (wss?://\S+)", text)
-    return http.group(1), ws.group(1) if ws else None
+    return http.group(1), ws.group(1) if ws else None, text
 
 
 def fake_wall_clock() -> Callable[[], float]:

@@ -115,7 +115,7 @@ async def _start(cfg: Path, log: Any) -> Rpad:
         stdout=subprocess.PIPE, stderr=log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert process.stdout is not None
     with trio.fail_after(START_TIMEOUT_SECONDS):
-        http_url, ws_url = await read_serve_banner(process.stdout)
+        http_url, ws_url, _ = await read_serve_banner(process.stdout)
     assert ws_url is not None
     return Rpad(process, http_url, ws_url)
 

@@ -93,7 +93,7 @@ class Serve:
             return
         assert self.proc.stdout is not None
         with trio.fail_after(START_TIMEOUT_SECONDS):
-            self.http_url, _ = await read_serve_banner(self.proc.stdout, self.stderr)
+            self.http_url, _, _ = await read_serve_banner(self.proc.stdout, self.stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

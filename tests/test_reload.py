@@ -66,6 +66,7 @@ class ServeProcess:
         self.proc: trio.Process | None = None
         self.http_url = ""
         self.ws_url: str | None = None
+        self.stdout = ""  # what it printed on start
 
     def environ(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items()
@@ -90,7 +91,7 @@ class ServeProcess:
             err.close()
         await self.listener.wait_for("READY")
         assert self.proc.stdout is not None
-        self.http_url, self.ws_url = await read_serve_banner(self.proc.stdout, self.stderr)
+        self.http_url, self.ws_url, self.stdout = await read_serve_banner(self.proc.stdout, self.stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
