@@ -40,7 +40,7 @@ STEADY_FRACTION = 1 / 15  # beats every 30 s, pushes every 2 s
 
 
 def _heartbeat(i: int) -> Any:
-    from rpad.models import Heartbeat
+    from rpad.core.validation import Heartbeat
 
     return Heartbeat(
         client_id=f"robot-{i:06d}", status="online" if i % 7 else "busy",
@@ -53,7 +53,7 @@ def _heartbeat(i: int) -> Any:
 
 
 def build(n: int) -> Any:
-    from rpad.registry import Registry
+    from rpad.core.registry import Registry
 
     reg = Registry(default_timeout_seconds=60.0, min_interval_seconds=0.0, auto_register=True)
     for i in range(n):
@@ -81,8 +81,8 @@ def worker(quick: bool) -> dict[str, Any]:
 
 
 def _fleet_of(n: int, repeat: int, rng: random.Random) -> dict[str, Any]:
-    from rpad.hub import envelope
-    from rpad.models import iso
+    from rpad.core.jsonenc import envelope
+    from rpad.core.times import iso
 
     out: dict[str, Any] = {}
     clock = [T0 + 10.0]
@@ -144,7 +144,7 @@ def _fleet_of(n: int, repeat: int, rng: random.Random) -> dict[str, Any]:
 
 
 def _make_db(path: Path, n: int) -> None:
-    from rpad.store import Store
+    from rpad.backend.local.store import Store
 
     reg = build(n)
     store = Store(path)

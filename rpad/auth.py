@@ -1,4 +1,4 @@
-"""JWT authentication and role checks (SPEC §2).
+"""JWT keys and tokens (SPEC §2): loading keys, minting, verifying.
 
 Keys: HS256 secrets (the first signs what ``rpad token`` mints; all verify, for rotation) and
 verification-only public keys (RS256, ES256, EdDSA) of another issuer. The algorithm a token
@@ -25,9 +25,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .config import Config
+from .core.errors import AuthError
+from .core.principal import ROLES, Principal
 
-ROLES = ("agent", "viewer", "service", "admin")
-_RANK = {"agent": 0, "viewer": 1, "service": 2, "admin": 3}
 SECRET_BYTES = 32
 MIN_SECRET_BYTES = 16
 TOKEN_CACHE_SIZE = 10_000
@@ -35,48 +35,6 @@ MAX_TOKEN_CHARS = 8192
 CREDENTIAL_NAME = "jwt.secret"
 # The longest lifetime a token can be minted with (ten years); longer is what "never" is for.
 MAX_TTL_SECONDS = 10 * 366 * 86400
-
-
-class AuthError(Exception):
-    """401 (``unauthorized``: no or bad token) or 403 (``forbidden``: valid, not allowed)."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        self.status = status
-        self.code = code or ("unauthorized" if status == 401 else "forbidden")
-        self.message = message
-        super().__init__(message)
-
-
-@attrs.frozen(slots=True)
-class Principal:
-    sub: str
-    role: str
-    topics: tuple[str, ...] = ()
-    publish: tuple[str, ...] = ()
-    exp: float | None = None
-    gen: int = 0
-
-    def at_least(self, role: str) -> bool:
-        return _RANK[self.role] >= _RANK[role]
-
-    @property
-    def is_admin(self) -> bool:
-        return self.role == "admin"
-
-
-def require_role(p: Principal, role: str) -> None:
-    if not p.at_least(role):
-        raise AuthError(403, f"this needs the {role} role or higher; the token's role is {p.role}")
-
-
-def require_client_access(p: Principal, client_id: str, *, write: bool) -> None:
-    """Agents may only touch their own client; viewers may read; service/admin may write."""
-    if p.role == "agent":
-        if p.sub != client_id:
-            raise AuthError(403, "an agent token may only be used for its own client id")
-        return
-    if write and not p.at_least("service"):
-        raise AuthError(403, f"sending heartbeats needs the agent, service or admin role; the token's role is {p.role}")
 
 
 def parse_ttl(text: str) -> float | None:

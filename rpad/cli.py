@@ -1,4 +1,4 @@
-"""The ``rpad`` command: serve, token, check-config, agent, watch."""
+"""The ``rpad`` command: serve, token, check-config, build-agent, agent, watch."""
 
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def _startup_problem(exc: BaseException) -> str | None:
     traceback."""
     import errno
 
-    from .store import StorageCorrupt
+    from .backend.local.store import StorageCorrupt
 
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
@@ -173,6 +173,21 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_build_agent(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .pack import PackError, build
+
+    try:
+        out = build(Path(args.output))
+    except (PackError, OSError) as exc:
+        print(f"rpad build-agent: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{out}: run it on a monitored host with: python3 {out.name} agent --url ... "
+          "--client-id ... --token-file ...")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rpad", description="realtime presence daemon")
     parser.add_argument("--version", action="version", version=f"rpad {__version__}")
@@ -199,13 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", metavar="PATH")
     p.set_defaults(func=cmd_check_config)
 
-    try:
-        from . import agent, watch
-    except ImportError:  # pragma: no cover - built in a later step
-        pass
-    else:
-        agent.add_parser(sub)
-        watch.add_parser(sub)
+    p = sub.add_parser("build-agent",
+                       help="write rpad-agent.pyz: the agent and watch as one file for monitored "
+                            "hosts (needs only Python 3.11, none of the server's packages)")
+    p.add_argument("--output", "-o", default="rpad-agent.pyz", metavar="PATH")
+    p.set_defaults(func=cmd_build_agent)
+
+    from .client import agent, watch
+
+    agent.add_parser(sub)
+    watch.add_parser(sub)
     return parser
 
 

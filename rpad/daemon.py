@@ -15,7 +15,6 @@ manager restarts rpad). Nothing is left half-running.
 
 from __future__ import annotations
 
-import functools
 import logging
 import secrets
 import signal
@@ -30,20 +29,26 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, logs
 from . import config as config_mod
-from . import metrics as metrics_mod
-from .alerts import Alerts
+from .api.app import create_app
+from .api.context import ApiContext
+from .api.heartbeat import HeartbeatFastPath, ReadBodyFirst
+from .api.metrics import Metrics
 from .auth import Authenticator, Keys, load_keys
+from .backend.local.broker import LocalBroker
+from .backend.local.failures import LocalFailureCounter
+from .backend.local.presence import LocalPresence
+from .backend.local.store import Store
 from .config import Config, ConfigError
-from .dashboard import register_dashboard
-from .fastpath import HeartbeatFastPath, ReadBodyFirst
-from .http import AppState, AuthFailureLimiter, create_app
-from .hub import Hub
-from .presence import Presence
-from .registry import Registry
-from .store import Store
+from .core.registry import Registry
+from .hub.codes import HubCounters
+from .hub.fanout import Fanout
+from .hub.server import Hub
+from .service.alerts import Alerts
+from .service.feeds import Feeds
+from .service.gate import Gate
+from .service.periodic import ServerListPusher, StatsPusher, run_sweeper
+from .service.presence import Presence
 from .systemd import Notifier, run_watchdog
-from .tasks import run_pusher, run_stats_pusher, run_sweeper
-from .ws_api import register_routes as register_hub_routes
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +82,23 @@ class Daemon:
         self._stop = trio.Event()
         self.http_url = ""
         self.ws_url: str | None = None
+        # The parts, built by run() (None until then).
         self.store: Store | None = None
+        self.backend: LocalPresence | None = None
         self.presence: Presence | None = None
         self.auth: Authenticator | None = None
         self.alerts: Alerts | None = None
         self.hub: Hub | None = None
+        self.metrics: Metrics | None = None
         self.reloads = 0
         self.reload_results: dict[str, int] = {}
-        self.metrics: metrics_mod.Metrics | None = None
-        self._app: Any = None
-        self.app_state: AppState
+        self.app: Any = None
+        self.api: ApiContext
+        self.broker: LocalBroker
+        self.feeds: Feeds
+        self.failures: LocalFailureCounter
+        self.server_list: ServerListPusher
+        self.stats_pusher: StatsPusher
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
@@ -110,9 +122,11 @@ class Daemon:
                  self.config_path or "built-in defaults")
         keys = load_keys(cfg)
         logs.add_secrets(keys.secrets)
+        self.metrics = Metrics(epoch=self.epoch, reloads=lambda: self.reload_results)
         store = Store(cfg.database_path, commit_interval_ms=cfg.storage.commit_interval_ms,
                       max_batch=cfg.storage.max_batch,
-                      history_per_client=cfg.presence.history_per_client)
+                      history_per_client=cfg.presence.history_per_client,
+                      on_commit=self.metrics.commits.observe)
         loaded = await trio.to_thread.run_sync(store.open)
         self.store = store
         try:
@@ -123,60 +137,72 @@ class Daemon:
             self.notifier.close()
             log.info("rpad stopped")
 
-    async def _run(self, store: Store, loaded: Any, keys: Any,
-                   task_status: trio.TaskStatus[Listening]) -> None:
+    def _build(self, store: Store, loaded: Any, keys: Keys) -> None:
+        """Every part, each given what it needs through its constructor, in dependency order."""
         cfg = self.config
-        now = self.wall_clock()
+        assert self.metrics is not None
         registry = Registry(
             default_timeout_seconds=cfg.presence.heartbeat_timeout_seconds,
             min_interval_seconds=cfg.presence.min_interval_seconds,
             auto_register=cfg.presence.registration == "auto",
-            grace_until=now + cfg.presence.grace_seconds if loaded.clients else 0.0,
+            grace_until=(self.wall_clock() + cfg.presence.grace_seconds
+                         if loaded.clients else 0.0),
         )
         registry.load(loaded.clients)
-        presence = Presence(registry, store, wall_clock=self.wall_clock,
-                            token_generations=loaded.gens)
-        self.presence = presence
-        presence.alerts = self.alerts = Alerts(cfg.alerts)
-        auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
-                             leeway_seconds=cfg.auth.leeway_seconds,
-                             token_generation=presence.token_generation,
-                             clock=self.wall_clock)
-        self.auth = auth
-        app_state = AppState(
-            config=cfg, presence=presence, auth=auth,
-            limiter=AuthFailureLimiter(cfg.auth.max_failures_per_minute),
-            started_at=time.monotonic(), epoch=self.epoch,
-        )
-        self.app_state = app_state
-        app = create_app(app_state)
-        register_dashboard(app, lambda: self.config, lambda: self.ws_url)
-        self._app = app
-        self.metrics = metrics_mod.Metrics(presence, store, epoch=self.epoch,
-                                           reloads=lambda: self.reload_results)
-        self.metrics.alerts = self.alerts
-        metrics_mod.add_route(app, app_state, self.metrics)
-        hub = Hub(cfg.websocket, auth=auth, epoch=self.epoch, wall_clock=self.wall_clock)
-        self.hub = hub
-        hub.trusted_proxies = frozenset(cfg.http.trusted_proxies)
-        presence.publisher = hub
-        self.metrics.hub = hub
-        register_hub_routes(app, app_state, hub)
-        _health = app_state.extra_health
-        app_state.extra_health = lambda: {**_health(), "websocket": hub.health()}
-        log.info("loaded %d clients (%d online) from %s", len(registry), registry.online_count,
+        backend = self.backend = LocalPresence(registry, store, loaded.gens)
+        self.failures = LocalFailureCounter(cfg.auth.max_failures_per_minute)
+        self.auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
+                                  leeway_seconds=cfg.auth.leeway_seconds,
+                                  token_generation=backend.token_generation,
+                                  clock=self.wall_clock)
+        gate = Gate(self.auth, self.failures)
+        counters = HubCounters()
+        fanout = Fanout(counters, wall_clock=self.wall_clock)
+        self.broker = LocalBroker(fanout, epoch=self.epoch,
+                                  history_size=cfg.websocket.history_size,
+                                  wall_clock=self.wall_clock)
+        feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
+        self.alerts = Alerts(cfg.alerts)
+        self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
+        hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
+                             counters=counters, wall_clock=self.wall_clock,
+                             trusted_proxies=frozenset(cfg.http.trusted_proxies))
+        # The state topics exist before the hub accepts anyone.
+        self.server_list = ServerListPusher(fanout, registry,
+                                            lambda: self.config.push.interval_seconds,
+                                            mode=lambda: self.config.push.mode)
+        self.stats_pusher = StatsPusher(fanout, hub.admin.stats,
+                                        lambda: self.config.push.stats_interval_seconds)
+        self.metrics.collect(self.presence, storage=store, hub=hub.admin, alerts=self.alerts)
+        self.api = ApiContext(config=cfg, presence=self.presence, gate=gate, auth=self.auth,
+                              feeds=feeds, epoch=self.epoch, started_at=time.monotonic(),
+                              extra_health=lambda: {"websocket": hub.admin.health()})
+        self.app = create_app(self.api, hub=hub, metrics=self.metrics,
+                               ws_url=lambda: self.ws_url)
+
+    async def _run(self, store: Store, loaded: Any, keys: Keys,
+                   task_status: trio.TaskStatus[Listening]) -> None:
+        cfg = self.config
+        self._build(store, loaded, keys)
+        assert (self.presence is not None and self.hub is not None and self.alerts is not None
+                and self.backend is not None)
+        presence, hub, alerts, backend = self.presence, self.hub, self.alerts, self.backend
+        view = presence.view
+        log.info("loaded %d clients (%d online) from %s", len(view), view.online_count,
                  store.path)
-        if registry.grace_until:
+        if view.grace_until:
             log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(store.run_committer)
+            await nursery.start(backend.run)
+            await nursery.start(self.broker.run)
             async with trio.open_nursery() as services:
                 http_done = trio.Event()
 
                 async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
-                        asgi: Any = HeartbeatFastPath(app, app_state) if cfg.http.fast_path else app
+                        asgi: Any = (HeartbeatFastPath(self.app, self.api) if cfg.http.fast_path
+                                     else self.app)
                         asgi = ReadBodyFirst(asgi, lambda: self.config.http.max_body_bytes)
                         await hypercorn_serve(asgi, self._hypercorn_config(),
                                               shutdown_trigger=self._stop.wait,
@@ -194,17 +220,13 @@ class Daemon:
                 async def run_periodic() -> None:
                     with periodic:
                         async with trio.open_nursery() as tasks:
-                            tasks.start_soon(run_sweeper, presence,
-                                             lambda: self.config.presence.check_interval_seconds)
-                            tasks.start_soon(functools.partial(
-                                run_pusher, hub, registry,
-                                lambda: self.config.push.interval_seconds,
-                                mode=lambda: self.config.push.mode))
-                            tasks.start_soon(run_stats_pusher, hub,
-                                             lambda: self.config.push.stats_interval_seconds)
+                            await tasks.start(run_sweeper, presence,
+                                              lambda: self.config.presence.check_interval_seconds)
+                            await tasks.start(self.server_list.run)
+                            await tasks.start(self.stats_pusher.run)
 
                 services.start_soon(run_periodic)
-                await services.start(self.alerts.run)
+                await services.start(alerts.run)
                 if self.handle_signals:
                     services.start_soon(self._handle_signals)
                 wd = self.notifier.watchdog_seconds
@@ -276,37 +298,31 @@ class Daemon:
 
     def _apply(self, new: Config, keys: Keys) -> None:
         """Put a validated config into force (no I/O, cannot fail halfway)."""
-        assert self.presence is not None and self.auth is not None and self.store is not None
+        assert self.backend is not None and self.auth is not None and self.store is not None
         self.config = new
-        self.app_state.config = new
-        self._app.config["MAX_CONTENT_LENGTH"] = new.http.max_body_bytes
-        self.app_state.limiter.max_per_window = new.auth.max_failures_per_minute
-        reg = self.presence.registry
-        reg.default_timeout_seconds = new.presence.heartbeat_timeout_seconds
-        reg.min_interval_seconds = new.presence.min_interval_seconds
-        reg.auto_register = new.presence.registration == "auto"
-        # The sweeper re-reads presence.check_interval_seconds from self.config every round.
-        self.store.commit_interval_seconds = new.storage.commit_interval_ms / 1000.0
-        self.store.max_batch = new.storage.max_batch
-        self.store.history_per_client = new.presence.history_per_client
+        self.api.config = new
+        self.app.config["MAX_CONTENT_LENGTH"] = new.http.max_body_bytes
+        self.failures.max_per_window = new.auth.max_failures_per_minute
+        self.backend.reconfigure(new.presence)
+        # The sweeper and the pushers re-read their intervals from self.config every round.
+        self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,
+                               max_batch=new.storage.max_batch,
+                               history_per_client=new.presence.history_per_client)
         self.auth.reconfigure(keys, issuer=new.auth.issuer, audience=new.auth.audience,
                               leeway_seconds=new.auth.leeway_seconds)
         logs.reconfigure(new.logging.level, new.logging.format)
         if self.alerts is not None:
             self.alerts.reconfigure(new.alerts)
         if self.hub is not None:
-            # Ping interval, pong timeout, limits, origins and auth timeout apply at once;
-            # queue and history sizes to new connections and topics.
-            self.hub.config = new.websocket
-            self.hub.trusted_proxies = frozenset(new.http.trusted_proxies)
+            self.hub.reconfigure(new.websocket, frozenset(new.http.trusted_proxies))
 
     def _status_line(self) -> str:
         if self.presence is None:
             return "starting"
-        reg = self.presence.registry
-        line = f"{reg.online_count} of {len(reg)} clients online"
+        view = self.presence.view
+        line = f"{view.online_count} of {len(view)} clients online"
         if self.hub is not None:
-            n = self.hub.health()["activeConnections"]
+            n = len(self.hub.fanout.connections)
             line += f", {n} WebSocket connection{'' if n == 1 else 's'}"
         return line
 

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trio
 
-from rpad.agent import (
+from rpad.client.agent import (
     EXIT_OK,
     EXIT_REFUSED,
     FIRST_SAMPLE_SECONDS,
@@ -32,9 +32,9 @@ from rpad.agent import (
     parse_uptime,
     run_agent,
 )
+from rpad.client.backoff import Backoff, backoff_delay
 from rpad.config import Config
-from rpad.models import METRIC_FIELDS
-from rpad.retry import Backoff, backoff_delay
+from rpad.core.validation import METRIC_FIELDS
 
 from .test_alerts import HttpReceiver, daemon_running, free_port
 

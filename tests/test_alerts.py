@@ -20,9 +20,9 @@ import attrs
 import h11
 import trio
 
-from rpad.alerts import SIGNATURE_HEADER, Alerts, make_alert, sign
 from rpad.config import AlertsConfig, Config, EmailConfig, WebhookConfig
-from rpad.registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_STATUS_UPDATE, Event
+from rpad.core.registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_STATUS_UPDATE, Event
+from rpad.service.alerts import SIGNATURE_HEADER, Alerts, make_alert, sign
 
 from .conftest import Running, start_daemon
 
@@ -518,8 +518,8 @@ async def test_email_retried_when_smtp_server_is_down() -> None:
 
 
 def test_logs_name_a_webhook_without_its_path_or_query() -> None:
-    from rpad.alerts import Webhook
     from rpad.config import WebhookConfig
+    from rpad.service.alerts import Webhook
 
     hook = Webhook(WebhookConfig(url="https://hooks.example.com:8443/services/T0/SECRET?token=abc"))
     assert hook.label == "https://hooks.example.com:8443/…"

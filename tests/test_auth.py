@@ -17,17 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from rpad import config as config_mod
-from rpad.auth import (
-    Authenticator,
-    AuthError,
-    Keys,
-    Principal,
-    bearer_token,
-    load_keys,
-    parse_ttl,
-    require_client_access,
-    require_role,
-)
+from rpad.auth import Authenticator, Keys, bearer_token, load_keys, parse_ttl
+from rpad.core.errors import AuthError
+from rpad.core.principal import Principal, require_client_access, require_role
 
 NOW = 1_767_225_600.0
 SECRET = b"0123456789abcdef0123456789abcdef"

@@ -14,10 +14,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
-import common  # noqa: E402
-import fanout  # noqa: E402
-import run as suite  # noqa: E402
-import wsload  # noqa: E402
+import common
+import fanout
+import run as suite
+import wsload
 
 pytestmark = pytest.mark.slow
 

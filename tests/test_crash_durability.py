@@ -40,7 +40,7 @@ from trio_websocket import ConnectionClosed
 
 from rpad import config as config_mod
 from rpad.auth import Authenticator, load_keys
-from rpad.models import parse_iso
+from rpad.core.times import parse_iso
 
 from .conftest import read_serve_banner
 from .wsclient import Ws, ws_connect

@@ -22,7 +22,7 @@ import trio
 
 from rpad import config as config_mod
 from rpad.auth import Authenticator, load_keys
-from rpad.models import iso, parse_iso
+from rpad.core.times import iso, parse_iso
 
 from .conftest import read_serve_banner
 
@@ -276,12 +276,12 @@ async def test_an_address_in_use_is_refused_in_one_line(procs: list[Serve],
 
 INJECT_FAULT = """
 import sys
-import rpad.presence
+import rpad.service.presence
 from rpad import cli
 
 # Fault injection: the sweeper's step raises once it has marked someone offline (after the
 # transition was committed), as a bug in any of the daemon's tasks would.
-original = rpad.presence.Presence.sweep
+original = rpad.service.presence.Presence.sweep
 
 async def sweep(self):
     events = await original(self)
@@ -289,7 +289,7 @@ async def sweep(self):
         raise RuntimeError("injected fault in the sweeper")
     return events
 
-rpad.presence.Presence.sweep = sweep
+rpad.service.presence.Presence.sweep = sweep
 sys.exit(cli.main(["serve", "--config", sys.argv[1]]))
 """
 

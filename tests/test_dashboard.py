@@ -8,9 +8,10 @@ from collections.abc import Callable
 
 import trio
 
-from rpad import __version__, httpclient
+from rpad import __version__
+from rpad.api.dashboard import hub_url, load_static
+from rpad.client import httpclient
 from rpad.config import Config, from_dict
-from rpad.dashboard import hub_url, load_static
 
 from .test_alerts import daemon_running
 

@@ -354,7 +354,7 @@ async def test_page_without_token_asks_for_one(make_config: Callable[..., Config
 
 
 async def test_client_module_backoff_matches_python(make_config: Callable[..., Config]) -> None:
-    from rpad.retry import backoff_delay
+    from rpad.client.backoff import backoff_delay
 
     cases = [(n, r) for n in range(8) for r in (0.0, 0.5, 0.999)]
     with trio.fail_after(TEST_TIMEOUT_SECONDS):

@@ -44,19 +44,19 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rpad.backend.local.store import Store
 from rpad.config import Config
-from rpad.hub import can_write_together
-from rpad.models import (
+from rpad.core.registry import Client, Event, RateLimited, Registry, UnknownClient
+from rpad.core.validation import (
     METRIC_FIELDS,
     Heartbeat,
     Registration,
     ValidationFailed,
-    _heartbeat_fast,
-    _parse_heartbeat_full,
     parse_heartbeat,
+    read_plain_heartbeat,
+    validate_heartbeat,
 )
-from rpad.registry import Client, Event, RateLimited, Registry, UnknownClient
-from rpad.store import Store
+from rpad.hub.wire import can_write_together
 
 from .conftest import Running, fake_wall_clock
 from .wsclient import StartDaemon, Ws, daemons, fake_time, ws_connect
@@ -297,7 +297,7 @@ async def test_a_batching_connection_gets_exactly_what_an_unbatched_one_gets(
             # The writers send what is queued in one socket write (one frame per message for
             # the plain connection): trio-websocket offers what that needs.
             assert r.daemon.hub is not None
-            conns = list(r.daemon.hub._connections.values())
+            conns = list(r.daemon.hub.fanout.connections.values())
             assert len(conns) == 3 and all(can_write_together(c.ws) for c in conns)
             readers = {"plain": Frames(plain), "query": Frames(by_query),
                        "message": Frames(by_message)}
@@ -429,7 +429,7 @@ async def test_delta_pushes_rebuild_exactly_the_full_list(
                 assert servers == await _listed(r), step
 
             # A new default timeout changes every view: a full list, then deltas again.
-            registry = r.daemon.presence.registry  # type: ignore[union-attr]
+            registry = r.daemon.presence.view  # type: ignore[union-attr]
             registry.default_timeout_seconds = 90.0  # what a reload applies
             msgs = await _collect_for(ws, 2.5)
             assert [m["type"] for m in msgs] == ["SERVER_LIST"]
@@ -444,7 +444,7 @@ async def test_delta_pushes_rebuild_exactly_the_full_list(
 
 
 def test_delta_json_names_removals_once_and_refuses_what_it_no_longer_knows() -> None:
-    from rpad import registry as registry_mod
+    from rpad.core import registry as registry_mod
 
     reg = _registry(Registry, 60.0)
     for i in range(3):
@@ -470,7 +470,7 @@ def test_delta_json_names_removals_once_and_refuses_what_it_no_longer_knows() ->
 
 
 def test_envelope_is_what_json_dumps_makes_of_each_field() -> None:
-    from rpad.hub import envelope
+    from rpad.core.jsonenc import envelope
 
     def plain(type_: str, topic: str | None, seq: int | None, ts: str | None, data: str) -> str:
         text = (f'{{"type":{json.dumps(type_)},"topic":{json.dumps(topic)},'
@@ -525,7 +525,7 @@ _ANY = st.dictionaries(st.sampled_from([
 
 def _full(data: Any) -> Any:
     try:
-        return _parse_heartbeat_full(data)
+        return validate_heartbeat(data)
     except ValidationFailed as exc:
         return ("errors", exc.details)
 
@@ -535,7 +535,7 @@ def _full(data: Any) -> Any:
                  st.builds(lambda g, m: {**g, "metrics": m}, _GOOD, _METRICS)))
 def test_the_fast_heartbeat_reader_agrees_with_the_validator(data: dict[str, Any]) -> None:
     full = _full(data)
-    fast = _heartbeat_fast(data)
+    fast = read_plain_heartbeat(data)
     if fast is not None:
         assert fast == full
     try:
@@ -559,7 +559,7 @@ def test_the_fast_heartbeat_reader_agrees_on_every_edge_value() -> None:
         cases.append({"clientId": "r",
                       "metrics": {"cpuUsagePercent": 1, "cpu_usage_percent": value}})
     for data in cases:
-        fast = _heartbeat_fast(data)
+        fast = read_plain_heartbeat(data)
         full = _full(data)
         if fast is not None:
             assert fast == full, data
@@ -569,5 +569,5 @@ def test_a_typical_agent_heartbeat_takes_the_fast_reader() -> None:
     seed = {"clientId": "robot-7", "timestamp": "2025-07-23T12:00:00Z", "status": "online",
             "version": "1.0.0", "ipAddress": "192.168.1.100", "intervalSeconds": 30,
             "metrics": {"cpuUsagePercent": 12.5, "memoryUsageBytes": 2147483648, "load1": 0.4}}
-    fast = _heartbeat_fast(seed)
-    assert fast is not None and fast == _parse_heartbeat_full(seed)
+    fast = read_plain_heartbeat(seed)
+    assert fast is not None and fast == validate_heartbeat(seed)

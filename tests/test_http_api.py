@@ -814,4 +814,4 @@ async def test_keep_alive_connection_serves_many_heartbeats(
             for i in range(50):
                 r = await client.post(HB, json={"clientId": f"k{i % 5}"})
                 assert r.status_code == 200
-        assert len(rpad.daemon.presence.registry) == 5  # type: ignore[union-attr]
+        assert len(rpad.daemon.presence.view) == 5  # type: ignore[union-attr]

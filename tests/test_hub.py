@@ -16,7 +16,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected
 
 from rpad import config as config_mod
 from rpad.config import Config
-from rpad.models import iso
+from rpad.core.times import iso
 
 from .conftest import FAKE_WALL_ORIGIN, fake_wall_clock, start_daemon
 from .wsclient import StartDaemon, daemons, fake_time, ws_connect, ws_connect_stalled
@@ -372,7 +372,7 @@ async def test_shutdown_closes_connections_with_1001(
                 assert ws.conn.closed is not None
         # The daemon has stopped (the nursery exited) and the hub says why it closed.
         assert r.daemon.hub is not None
-        assert r.daemon.hub.disconnections["going_away"] == 1
+        assert r.daemon.hub.counters.disconnections["going_away"] == 1
 
 
 async def test_connection_closed_cleanly_by_the_client_is_counted(
@@ -420,8 +420,7 @@ async def test_lone_surrogates_are_refused_and_never_reach_the_sockets(
             err = await a.expect("ERROR")
             assert err["data"]["code"] == "invalid_json"
             assert "surrogate" in err["data"]["message"]
-            assert r.daemon.hub is not None
-            r.daemon.hub.publish("t.1", "X", {"text": "caf\u00e9 \ud800"})
+            await r.daemon.feeds.publish("t.1", "X", {"text": "caf\u00e9 \ud800"})
             for ws in (a, b):
                 msg = await ws.expect("X")
                 assert msg["data"]["text"] == "caf\u00e9 \ud800"

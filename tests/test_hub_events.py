@@ -12,7 +12,7 @@ import trio.testing
 
 from rpad import config as config_mod
 from rpad.config import Config
-from rpad.models import parse_iso
+from rpad.core.times import parse_iso
 
 from .conftest import config_dict, fake_wall_clock
 from .wsclient import StartDaemon, daemons, fake_time, ws_connect

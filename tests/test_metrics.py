@@ -15,8 +15,8 @@ import trio.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from rpad import __version__
+from rpad.api.metrics import ProcessCollectorAnySubset
 from rpad.config import Config
-from rpad.metrics import _ProcessCollector
 
 from .conftest import Running, fake_wall_clock, need_tool, start_daemon
 from .test_alerts import HttpReceiver
@@ -278,7 +278,7 @@ def test_process_start_time_without_proc_stat(tmp_path: Path) -> None:
     from prometheus_client import CollectorRegistry
     from prometheus_client.process_collector import ProcessCollector
 
-    hidden = _ProcessCollector(proc=str(fake_proc), pid=lambda: "self",
+    hidden = ProcessCollectorAnySubset(proc=str(fake_proc), pid=lambda: "self",
                                registry=CollectorRegistry())
     real = ProcessCollector(pid=lambda: "self", registry=CollectorRegistry())
     hidden_metrics = {s.name: s.value for m in hidden.collect() for s in m.samples}

@@ -1,13 +1,13 @@
 """models.iso(): the cached formatter agrees with datetime everywhere."""
 
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from rpad.models import iso, parse_iso
+from rpad.core.times import iso, parse_iso
 
 
 def _reference(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def test_iso_matches_datetime_on_many_times() -> None:

@@ -3,7 +3,7 @@
 Random sequences of heartbeats, registrations, sweeps, removals, restarts (every client written
 out as a database row and read back, as ``rpad serve`` does after a crash) and wall-clock jumps
 (forwards and backwards, as NTP steps and suspended VMs do) are run against the real
-:class:`~rpad.registry.Registry`, next to a small model that knows only the rules of SPEC §4.
+:class:`~rpad.core.registry.Registry`, next to a small model that knows only the rules of SPEC §4.
 After every step:
 
 * a client is ``online`` if and only if its last heartbeat is within its timeout (the
@@ -14,7 +14,8 @@ After every step:
   (``CLIENT_CONNECTED``, ``CLIENT_DISCONNECTED``, ``CLIENT_REMOVED``), and no event announces a
   change that did not happen; every accepted heartbeat gives exactly one ``HEARTBEAT_RECEIVED``;
 * the online count is the number of online clients;
-* the events, handed to the real hub as Presence does, make exactly one message each on their
+* the events, handed to the real feeds and local broker as Presence does, make exactly one
+  message each on their
   topic (plus a notification for each offline transition and comeback), and every topic's
   ``seq`` runs 1, 2, 3, … without a gap or a repeat, starting afresh after each restart, with
   a bounded history.
@@ -37,11 +38,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from rpad.auth import Authenticator, Keys
-from rpad.config import WebSocketConfig
-from rpad.hub import TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_NOTIFICATIONS, Hub
-from rpad.models import Heartbeat, Registration, iso
-from rpad.registry import (
+from rpad.backend.local.broker import LocalBroker
+from rpad.backend.local.store import client_from_row, client_row
+from rpad.core.registry import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     CLIENT_REMOVED,
@@ -53,7 +52,12 @@ from rpad.registry import (
     Registry,
     UnknownClient,
 )
-from rpad.store import _client_from_row, client_row
+from rpad.core.times import iso
+from rpad.core.topics import TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_NOTIFICATIONS
+from rpad.core.validation import Heartbeat, Registration
+from rpad.hub.codes import HubCounters
+from rpad.hub.fanout import Fanout
+from rpad.service.feeds import Feeds
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 DEFAULT_TIMEOUT_SECONDS = 60.0
@@ -103,7 +107,7 @@ class RegistryMachine(RuleBasedStateMachine):
         self.known: dict[str, Known] = {}
         self.restarts = 0
         self.stepped_back = False
-        self.hub = self._new_hub()
+        self.broker, self.feeds = self._new_broker()
         self.expected_seq: dict[str, int] = {}
 
     @staticmethod
@@ -112,19 +116,20 @@ class RegistryMachine(RuleBasedStateMachine):
                         min_interval_seconds=MIN_INTERVAL_SECONDS, auto_register=True,
                         grace_until=grace_until)
 
-    def _new_hub(self) -> Hub:
-        """The real hub's publish side (no listener needed to publish): a new one per start
-        of rpad, as its seqs start afresh with each epoch."""
-        auth = Authenticator(Keys([b"property-test-secret-0123456789"], []))
-        return Hub(WebSocketConfig(history_size=HISTORY_SIZE), auth=auth,
-                   epoch=f"epoch-{self.restarts}", wall_clock=lambda: self.now)
+    def _new_broker(self) -> tuple[LocalBroker, Feeds]:
+        """The real local broker (delivering to a hub's fan-out with nobody subscribed) and the
+        feeds: new ones per start of rpad, as seqs start afresh with each epoch."""
+        fanout = Fanout(HubCounters(), wall_clock=lambda: self.now)
+        broker = LocalBroker(fanout, epoch=f"epoch-{self.restarts}",
+                             history_size=HISTORY_SIZE, wall_clock=lambda: self.now)
+        return broker, Feeds(broker, wall_clock=lambda: self.now)
 
     def _publish(self, events: list[Event]) -> None:
-        """What Presence does with the events of a change: hand them to the hub. Each event is
-        one message on its topic; an offline transition or a comeback is also a
+        """What Presence does with the events of a change: hand them to the feeds. Each event
+        is one message on its topic; an offline transition or a comeback is also a
         notification."""
-        before = {t: self.hub.topic_seq(t) for t in TOPICS}
-        self.hub.publish_events(events)
+        before = {t: self.broker.topic_seq(t) for t in TOPICS}
+        self.feeds.publish_events(events)
         for e in events:
             topic = TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED else TOPIC_CLIENT_STATUS
             self.expected_seq[topic] = self.expected_seq.get(topic, 0) + 1
@@ -133,17 +138,15 @@ class RegistryMachine(RuleBasedStateMachine):
                 self.expected_seq[TOPIC_NOTIFICATIONS] = (
                     self.expected_seq.get(TOPIC_NOTIFICATIONS, 0) + 1)
         for t in TOPICS:
-            assert self.hub.topic_seq(t) == self.expected_seq.get(t, 0), (t, events)
-            new = self.hub.topic_seq(t) - before[t]
-            history = self.hub._topics[t].history
-            assert history is not None
-            for (seq, text) in list(history)[len(history) - new:]:
+            assert self.broker.topic_seq(t) == self.expected_seq.get(t, 0), (t, events)
+            new = self.broker.topic_seq(t) - before[t]
+            history = self.broker.history(t)
+            for (seq, text) in history[len(history) - new:]:
                 msg = json.loads(text)
                 assert (msg["topic"], msg["seq"]) == (t, seq)
         for e in events:  # each event's message carries the event's own time
-            history = self.hub._topics[TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED
-                                       else TOPIC_CLIENT_STATUS].history
-            assert history is not None
+            history = self.broker.history(TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED
+                                          else TOPIC_CLIENT_STATUS)
             assert any(json.loads(text)["ts"] == iso(e.at) for _, text in history)
 
     @initialize(auto=st.booleans())
@@ -291,10 +294,10 @@ class RegistryMachine(RuleBasedStateMachine):
         self.now += downtime
         registry = self._new_registry(grace_until=self.now + grace if rows else 0.0)
         registry.auto_register = self.registry.auto_register
-        registry.load(_client_from_row(r) for r in rows)
+        registry.load(client_from_row(r) for r in rows)
         self.registry = registry
         self.restarts += 1
-        self.hub = self._new_hub()
+        self.broker, self.feeds = self._new_broker()
         self.expected_seq = {}
         assert self._statuses() == statuses, "a restart changes nobody's status by itself"
 
@@ -303,11 +306,9 @@ class RegistryMachine(RuleBasedStateMachine):
     @invariant()
     def every_topic_history_has_consecutive_seqs(self) -> None:
         for t in TOPICS:
-            history = self.hub._topics[t].history
-            assert history is not None
-            seqs = [seq for seq, _ in history]
-            assert seqs == list(range(self.hub.topic_seq(t) - len(seqs) + 1,
-                                      self.hub.topic_seq(t) + 1)), (t, seqs)
+            seqs = [seq for seq, _ in self.broker.history(t)]
+            seq = self.broker.topic_seq(t)
+            assert seqs == list(range(seq - len(seqs) + 1, seq + 1)), (t, seqs)
             assert len(seqs) <= HISTORY_SIZE
 
     @invariant()

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from rpad.config import Config, ConfigError
-from rpad.proxy import client_address, forwarded_origin
+from rpad.core.proxy import client_address, forwarded_origin
 
 from .conftest import start_daemon
 

@@ -12,7 +12,7 @@ import trio
 import trio.testing
 
 from rpad.config import Config
-from rpad.models import parse_iso
+from rpad.core.times import parse_iso
 
 from .conftest import fake_wall_clock
 from .wsclient import StartDaemon, Ws, daemons, fake_time, ws_connect

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from rpad.models import Heartbeat, Registration, iso
-from rpad.registry import (
+from rpad.core.registry import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     CLIENT_REMOVED,
@@ -21,6 +20,8 @@ from rpad.registry import (
     Registry,
     UnknownClient,
 )
+from rpad.core.times import iso
+from rpad.core.validation import Heartbeat, Registration
 
 T0 = 1_767_225_600.0  # 2026-01-01T00:00:00Z
 TIMEOUT = 60.0

@@ -32,7 +32,7 @@ from trio_websocket import ConnectionClosed
 
 from rpad import config as config_mod
 from rpad.config import Config
-from rpad.models import parse_iso
+from rpad.core.times import parse_iso
 
 from .conftest import IN_CI, Running, config_dict, need_tool, start_daemon
 from .wsclient import Ws, ws_connect

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from rpad import store as store_mod
-from rpad.registry import Client
-from rpad.store import SCHEMA_VERSION, StorageCorrupt, StorageUnavailable, Store
+from rpad.backend.local import store as store_mod
+from rpad.backend.local.store import SCHEMA_VERSION, StorageCorrupt, StorageUnavailable, Store
+from rpad.core.registry import Client
 
 T0 = 1_767_225_600.0
 

@@ -12,7 +12,7 @@ virtual times the test names. (Commits are immediate: ``storage.commit_interval_
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,12 +21,14 @@ import pytest
 import trio
 import trio.testing
 
+from rpad.backend.local.presence import LocalPresence
+from rpad.backend.local.store import Store
 from rpad.config import Config
-from rpad.models import Heartbeat, Registration
-from rpad.presence import Presence
-from rpad.registry import Registry
-from rpad.store import Store
-from rpad.tasks import run_sweeper
+from rpad.core.model import Event
+from rpad.core.registry import Registry
+from rpad.core.validation import Heartbeat, Registration
+from rpad.service.periodic import run_sweeper
+from rpad.service.presence import Presence
 
 from .conftest import FAKE_WALL_ORIGIN, Running, fake_wall_clock, start_daemon
 
@@ -72,6 +74,22 @@ def clock() -> trio.testing.MockClock:
 # -- the sweeper with Presence and a real store ------------------------------------------------
 
 
+class Silent:
+    """Feeds and alerts that announce nothing (only the state and the database matter here)."""
+
+    def publish_events(self, events: Sequence[Event]) -> None:
+        pass
+
+    def client_transition(self, event: Event) -> None:
+        pass
+
+
+def store_of(presence: Presence) -> Store:
+    backend = presence.backend
+    assert isinstance(backend, LocalPresence)
+    return backend.store
+
+
 @pytest.fixture
 async def presence(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Presence]:
     store = Store(tmp_path / "rpad.db", commit_interval_ms=0)
@@ -79,15 +97,16 @@ async def presence(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Prese
     await nursery.start(store.run_committer)
     registry = Registry(default_timeout_seconds=TIMEOUT, min_interval_seconds=0,
                         auto_register=True)
-    yield Presence(registry, store, wall_clock=fake_wall_clock())
+    yield Presence(LocalPresence(registry, store), Silent(), Silent(),
+                   wall_clock=fake_wall_clock())
     nursery.cancel_scope.cancel()
     await trio.to_thread.run_sync(store.close)
 
 
 async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
         clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
-    drive = Driver(clock, lambda: presence.store)
-    registry = presence.registry
+    drive = Driver(clock, lambda: store_of(presence))
+    registry = presence.view
     await presence.register(Registration("long", heartbeat_timeout_seconds=20.0))
     s = trio.current_time()
     await nursery.start(run_sweeper, presence, lambda: CHECK)  # sweeps at s+3, s+6, ...
@@ -125,7 +144,7 @@ async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
         assert (c.status, c.offline_since) == ("offline", wall(s + offline_at)), cid
 
     # What the sweeper decided is in the database, with the reason.
-    db = sqlite3.connect(presence.store.path)
+    db = sqlite3.connect(store_of(presence).path)
     try:
         rows = dict(db.execute("SELECT client_id, offline_since FROM clients "
                                "WHERE status = 'offline'").fetchall())
@@ -140,7 +159,7 @@ async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
 
 async def test_a_new_interval_applies_from_the_next_round(
         clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
-    drive = Driver(clock, lambda: presence.store)
+    drive = Driver(clock, lambda: store_of(presence))
     interval = [CHECK]
     s = trio.current_time()
     await nursery.start(run_sweeper, presence, lambda: interval[0])
@@ -148,9 +167,9 @@ async def test_a_new_interval_applies_from_the_next_round(
     await drive.advance_to(s + 1)
     interval[0] = 7.0  # the round already scheduled (s+3) stays; then s+10, s+17
     await drive.advance_to(s + 16.5)
-    assert presence.registry.get("a").status == "online"  # type: ignore[union-attr]
+    assert presence.view.get("a").status == "online"  # type: ignore[union-attr]
     await drive.advance_to(s + 17)
-    assert presence.registry.get("a").offline_since == wall(s + 17)  # type: ignore[union-attr]
+    assert presence.view.get("a").offline_since == wall(s + 17)  # type: ignore[union-attr]
 
 
 # -- the whole daemon on the fake clock --------------------------------------------------------
@@ -192,7 +211,7 @@ async def test_daemon_sweeps_a_silent_client_offline_at_the_first_sweep_after(
     async with trio.open_nursery() as nursery:
         s = trio.current_time()
         rpad = await daemons.start(nursery, daemon_config(make_config))
-        assert rpad.daemon.presence.registry.grace_until == 0.0  # type: ignore[union-attr]
+        assert rpad.daemon.presence.view.grace_until == 0.0  # type: ignore[union-attr]
         assert trio.current_time() == s  # the sweeper's cadence: s+3, s+6, ...
         r = await rpad.request("POST", "/api/v1/clients",
                                json={"clientId": "b", "heartbeatTimeoutSeconds": 25})
@@ -234,7 +253,7 @@ async def test_startup_grace_prevents_a_false_offline_storm(
     async with trio.open_nursery() as nursery:
         r = trio.current_time()
         rpad = await daemons.start(nursery, cfg)
-        registry = rpad.daemon.presence.registry  # type: ignore[union-attr]
+        registry = rpad.daemon.presence.view  # type: ignore[union-attr]
         assert registry.grace_until == wall(r + TIMEOUT)
         assert registry.online_count == len(clients)
 
@@ -276,7 +295,7 @@ async def test_configured_startup_grace(
     async with trio.open_nursery() as nursery:
         r = trio.current_time()
         rpad = await daemons.start(nursery, cfg)
-        assert rpad.daemon.presence.registry.grace_until == wall(r + 20)  # type: ignore[union-attr]
+        assert rpad.daemon.presence.view.grace_until == wall(r + 20)  # type: ignore[union-attr]
         await drive.advance_to(r + 20.5)
         assert (await rpad.request("GET", "/api/v1/clients/a")).json()["status"] == "online"
         await drive.advance_to(r + 21)
@@ -290,5 +309,5 @@ async def test_no_grace_without_clients_to_protect(
     daemons = Daemons(clock)
     async with trio.open_nursery() as nursery:
         rpad = await daemons.start(nursery, daemon_config(make_config))
-        assert rpad.daemon.presence.registry.grace_until == 0.0  # type: ignore[union-attr]
+        assert rpad.daemon.presence.view.grace_until == 0.0  # type: ignore[union-attr]
         await daemons.stop()

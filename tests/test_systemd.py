@@ -224,7 +224,7 @@ async def test_ready_only_after_listeners_bound_and_store_loaded(
             _, msg = await listener.wait_for("READY")
             # Read the daemon's state at the moment READY=1 arrived, before anything else runs.
             seen.update(status=msg.get("STATUS"), http_url=daemon.http_url, ws_url=daemon.ws_url,
-                        clients=len(daemon.presence.registry) if daemon.presence else None)
+                        clients=len(daemon.presence.view) if daemon.presence else None)
 
         async with trio.open_nursery() as watch:
             watch.start_soon(on_ready)

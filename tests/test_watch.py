@@ -13,10 +13,10 @@ from typing import Any
 import httpx
 import trio
 
+from rpad.client.backoff import Backoff
+from rpad.client.watch import EXIT_FAILURE, Watcher, format_pretty, summary
 from rpad.config import Config
 from rpad.daemon import Daemon
-from rpad.retry import Backoff
-from rpad.watch import EXIT_FAILURE, Watcher, format_pretty, summary
 
 from .conftest import Running
 from .test_alerts import daemon_running, free_port

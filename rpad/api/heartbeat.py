@@ -1,5 +1,5 @@
-"""The heartbeat fast path: ``POST /api/v1/client/heartbeat`` handled at the ASGI level, in front
-of the Quart app.
+"""``POST /api/v1/client/heartbeat``: the heartbeat handler, and its fast path at the ASGI level in
+front of the Quart app.
 
 A heartbeat is rpad's hot path and Quart's request machinery (request and response objects,
 context locals, routing, before/after hooks) costs several times what the heartbeat itself
@@ -8,31 +8,25 @@ everything else to Quart unchanged.
 
 There is one implementation of the heartbeat: :func:`handle_heartbeat` does authentication,
 body limits, JSON parsing, validation, access checks and the call into
-:class:`~rpad.presence.Presence`, and the Quart route calls the same function, so both paths
+:class:`~rpad.service.presence.Presence`, and the Quart route calls the same function, so both paths
 give identical answers and errors (the test suite runs its heartbeat tests against both).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from .auth import require_client_access
-from .http import (
-    ApiError,
-    AppState,
-    api_error_from,
-    authenticate,
-    check_body_length,
-    error_body,
-    parse_json_object,
-)
-from .models import parse_heartbeat
-from .proxy import client_address
-from .registry import RateLimited, UnknownClient
-from .store import StorageUnavailable
+from ..auth import bearer_token
+from ..core.errors import RateLimited, StorageUnavailable, UnknownClient
+from ..core.jsonenc import dumps_bytes
+from ..core.principal import require_client_access
+from ..core.validation import parse_heartbeat
+from .bodies import check_body_length, parse_json_object
+from .context import ApiContext
+from .errors import INTERNAL_ERROR_MESSAGE, ApiError, body_too_large, error_body, translate
+from .security import scope_peer
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +38,9 @@ Answer = tuple[int, Any, dict[str, str]]
 _REJECTED = {401: "unauthorized", 403: "forbidden", 429: "unauthorized"}
 
 
-_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def _dumps(body: Any) -> bytes:
-    return _ENCODER.encode(body).encode()
-
-
 async def handle_heartbeat(
-    state: AppState,
-    authorization: str | None,
+    ctx: ApiContext,
+    token: str | None,
     peer: str,
     content_length: int | None,
     read_body: Callable[[int], Awaitable[bytes]],
@@ -64,26 +51,26 @@ async def handle_heartbeat(
     errors become their API errors; anything else propagates (a bug: the caller logs it).
     """
     try:
-        principal = authenticate(state, authorization, peer)
-        limit = state.config.http.max_body_bytes
+        principal = ctx.gate.authenticate(token, peer)
+        limit = ctx.config.http.max_body_bytes
         check_body_length(content_length, limit)
         hb = parse_heartbeat(parse_json_object(await read_body(limit)))
         require_client_access(principal, hb.client_id, write=True)
-        return 200, await state.presence.heartbeat(hb, peer), {}
+        return 200, await ctx.presence.heartbeat(hb, peer), {}
     except Exception as exc:  # noqa: BLE001 - only the domain's errors are translated; others re-raise
-        err = api_error_from(exc)
+        err = translate(exc)
         if not isinstance(exc, RateLimited | UnknownClient | StorageUnavailable):
             # Refused before reaching Presence (which counts its own refusals).
-            state.presence.count_heartbeat(_REJECTED.get(err.status, "invalid"))
+            ctx.presence.count_heartbeat(_REJECTED.get(err.status, "invalid"))
         return err.status, error_body(err.status, err.code, err.message, err.details), err.headers
 
 
 class HeartbeatFastPath:
     """ASGI middleware: heartbeats here, everything else to ``app``."""
 
-    def __init__(self, app: Any, state: AppState) -> None:
+    def __init__(self, app: Any, ctx: ApiContext) -> None:
         self.app = app
-        self.state = state
+        self.ctx = ctx
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if (scope["type"] != "http" or scope["path"] != HEARTBEAT_PATH
@@ -100,12 +87,7 @@ class HeartbeatFastPath:
                     content_length = int(value)
                 except ValueError:
                     content_length = None
-        client = scope.get("client")
-        peer = client[0] if client else "unknown"
-        trusted = self.state.config.http.trusted_proxies
-        if trusted and peer in trusted:
-            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            peer = client_address(peer, headers.get, trusted)
+        peer = scope_peer(scope, self.ctx.config.http.trusted_proxies)
 
         async def read_body(limit: int) -> bytes:
             chunks: list[bytes] = []
@@ -117,19 +99,19 @@ class HeartbeatFastPath:
                 chunk = message.get("body", b"")
                 size += len(chunk)
                 if size > limit:
-                    raise ApiError(413, "body_too_large", f"the body is larger than {limit} bytes")
+                    raise body_too_large(limit)
                 chunks.append(chunk)
                 if not message.get("more_body", False):
                     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
         try:
             status, body, headers = await handle_heartbeat(
-                self.state, authorization, peer, content_length, read_body)
+                self.ctx, bearer_token(authorization), peer, content_length, read_body)
         except Exception:
             log.exception("unexpected error in POST %s", HEARTBEAT_PATH)
-            status, body, headers = 500, error_body(
-                500, "internal_error", "an internal error occurred; it has been logged"), {}
-        payload = _dumps(body)
+            status, body, headers = 500, error_body(500, "internal_error",
+                                                    INTERNAL_ERROR_MESSAGE), {}
+        payload = dumps_bytes(body)
         raw_headers = _JSON_HEADERS + [(b"content-length", str(len(payload)).encode())]
         for k, v in headers.items():
             raw_headers.append((k.lower().encode(), v.encode()))

@@ -28,7 +28,9 @@ from typing import Any
 
 import trio
 
-from .registry import Client
+from ...core.errors import StorageUnavailable
+from ...core.jsonenc import dumps
+from ...core.model import Client
 
 log = logging.getLogger(__name__)
 
@@ -94,26 +96,22 @@ _UPSERT = f"INSERT OR REPLACE INTO clients ({_CLIENT_COLUMNS}) VALUES ({', '.joi
 ClientRow = tuple[Any, ...]
 
 
-class StorageUnavailable(Exception):
-    """The database could not commit (disk full, read-only, I/O error)."""
-
-
 class StorageCorrupt(Exception):
     """The database cannot be opened or is from a newer rpad."""
 
 
 def client_row(c: Client) -> ClientRow:
     return (
-        c.client_id, c.registered_at, c.name, json.dumps(c.tags) if c.tags else "[]",
-        json.dumps(c.metadata) if c.metadata else "{}",
+        c.client_id, c.registered_at, c.name, dumps(c.tags) if c.tags else "[]",
+        dumps(c.metadata) if c.metadata else "{}",
         c.timeout_seconds, int(c.registered), c.status, c.reported_status, c.version,
         c.ip_address, c.os_type, c.interval_seconds, c.last_heartbeat_at, c.online_since,
         c.offline_since, c.clock_skew_seconds,
-        json.dumps(c.latest_metrics) if c.latest_metrics is not None else None,
+        dumps(c.latest_metrics) if c.latest_metrics is not None else None,
     )
 
 
-def _client_from_row(r: sqlite3.Row | tuple[Any, ...]) -> Client:
+def client_from_row(r: sqlite3.Row | tuple[Any, ...]) -> Client:
     return Client(
         client_id=r[0], registered_at=r[1], name=r[2], tags=json.loads(r[3]),
         metadata=json.loads(r[4]), timeout_seconds=r[5], registered=bool(r[6]), status=r[7],
@@ -164,7 +162,8 @@ class Loaded:
 
 class Store:
     def __init__(self, path: Path, *, commit_interval_ms: float = 10.0, max_batch: int = 2000,
-                 history_per_client: int = 100) -> None:
+                 history_per_client: int = 100,
+                 on_commit: Callable[[int, float], None] | None = None) -> None:
         self.path = path
         self.commit_interval_seconds = commit_interval_ms / 1000.0
         self.max_batch = max_batch
@@ -190,7 +189,15 @@ class Store:
         self.commit_failures = 0
         self.last_batch_size = 0
         self.last_commit_seconds = 0.0
-        self.on_commit: Callable[[int, float], None] | None = None
+        # Told the size and duration of every successful commit (the metrics' histograms).
+        self.on_commit = on_commit
+
+    def reconfigure(self, *, commit_interval_ms: float, max_batch: int,
+                    history_per_client: int) -> None:
+        """New batching and retention settings (SIGHUP); they apply from the next commit."""
+        self.commit_interval_seconds = commit_interval_ms / 1000.0
+        self.max_batch = max_batch
+        self.history_per_client = history_per_client
 
     # -- opening and loading (call from a worker thread) ---------------------------------------
 
@@ -239,7 +246,7 @@ class Store:
             raise
         self._db = db
         self._reader = sqlite3.connect(self.path, check_same_thread=False)
-        clients = [_client_from_row(r) for r in db.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients")]
+        clients = [client_from_row(r) for r in db.execute(f"SELECT {_CLIENT_COLUMNS} FROM clients")]
         gens = dict(db.execute("SELECT client_id, gen FROM token_generations").fetchall())
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         return Loaded(clients, gens, meta)

@@ -38,15 +38,16 @@ import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import attrs
 import trio
 
-from . import __version__, httpclient
-from .models import iso
-from .retry import Backoff
+from .. import __version__
+from . import httpclient
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,12 @@ EXIT_REFUSED = 3
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 Post = Callable[..., Awaitable[httpclient.HttpResponse]]
+
+
+def utc_timestamp(epoch_seconds: float) -> str:
+    """The agent's clock for the heartbeat's ``timestamp``: ISO 8601 UTC, milliseconds, ``Z``."""
+    stamp = datetime.fromtimestamp(epoch_seconds, UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
 
 
 # -- metrics from /proc --------------------------------------------------------------------------
@@ -257,7 +264,7 @@ class Agent:
         o = self.opts
         b: dict[str, Any] = {
             "clientId": o.client_id,
-            "timestamp": iso(self.wall_clock()),
+            "timestamp": utc_timestamp(self.wall_clock()),
             "status": status,
             "intervalSeconds": o.interval_seconds,
             "metrics": self.sampler.sample(trio.current_time()),

@@ -1,19 +1,21 @@
-"""Values that cross rpad's edges: the heartbeat as parsed from a request, the client view as
-sent out, time formatting, and request validation with errors that name each field.
+"""Request validation: heartbeats and registrations as parsed from request bodies, with errors
+that name each bad field by its camelCase path.
 
-Request bodies accept camelCase and the seed agents' snake_case spellings. Responses are
-camelCase only.
+Request bodies accept camelCase and the snake_case spellings that existing agents send
+(``client_id``, ``ip_address``). Responses are camelCase only.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-from datetime import UTC, datetime
 from typing import Any
 
 import attrs
+
+from .errors import ValidationFailed
+from .jsonenc import dumps
+from .times import parse_iso
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TAG_RE = re.compile(r"[^\x00-\x1f]{1,64}")
@@ -31,45 +33,6 @@ METRIC_FIELDS = (
     "diskTotalBytes", "networkRxInstantBps", "networkTxInstantBps", "uptimeSeconds",
     "load1", "load5", "load15",
 )
-
-
-_ISO_SECONDS_CACHE: dict[int, str] = {}
-_ISO_CACHE_SIZE = 8192
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds → ISO 8601 UTC with ``Z`` and milliseconds.
-
-    Called several times per client view, so the whole-second prefix is cached.
-    """
-    if ts is None:
-        return None
-    whole = math.floor(ts)
-    # Round to microseconds first (as datetime does), then truncate to milliseconds.
-    micros = round((ts - whole) * 1_000_000)
-    if micros >= 1_000_000:
-        whole, micros = whole + 1, micros - 1_000_000
-    millis = micros // 1000
-    prefix = _ISO_SECONDS_CACHE.get(whole)
-    if prefix is None:
-        if len(_ISO_SECONDS_CACHE) >= _ISO_CACHE_SIZE:
-            _ISO_SECONDS_CACHE.clear()
-        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-        _ISO_SECONDS_CACHE[whole] = prefix
-    return f"{prefix}.{millis:03d}Z"
-
-
-def parse_iso(text: str) -> float:
-    """ISO 8601 → epoch seconds. A time without zone is taken as UTC. Raises ValueError."""
-    if not isinstance(text, str) or len(text) > 64:
-        raise ValueError("not an ISO 8601 time")
-    t = text.strip()
-    if t.endswith(("Z", "z")):
-        t = t[:-1] + "+00:00"
-    dt = datetime.fromisoformat(t)
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 # A JSON \\u escape of a UTF-16 surrogate: the only way a lone surrogate gets into a parsed body.
@@ -96,15 +59,6 @@ def has_lone_surrogate(raw: bytes, value: Any) -> bool:
         elif isinstance(v, list):
             stack.extend(v)
     return False
-
-
-class ValidationFailed(Exception):
-    """A request body with bad fields. ``details`` is ``[{"field", "message"}]``."""
-
-    def __init__(self, details: list[dict[str, str]]) -> None:
-        self.details = details
-        fields = ", ".join(d["field"] for d in details)
-        super().__init__(f"invalid field{'s' if len(details) > 1 else ''}: {fields}")
 
 
 @attrs.frozen(slots=True)
@@ -195,7 +149,7 @@ class Fields:
             self.fail(name, f"must be a JSON object, got {kind_of(value)}")
             return None
         try:
-            text = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+            text = dumps(value)
         except ValueError:  # NaN or Infinity, which JSON cannot carry out again
             self.fail(name, "must not contain NaN or Infinity")
             return None
@@ -279,14 +233,14 @@ def client_id_from_path(value: str) -> str:
 def parse_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
     """Validate one heartbeat object. Raises ValidationFailed naming every bad field.
 
-    The common well-formed heartbeat is read by :func:`_heartbeat_fast`; anything else by the
+    The common well-formed heartbeat is read by :func:`read_plain_heartbeat`; anything else by the
     full validator, which gives the same Heartbeat for what the fast one accepts (a property
     test holds them together) and names every problem."""
     if type(data) is dict:
-        hb = _heartbeat_fast(data)
+        hb = read_plain_heartbeat(data)
         if hb is not None:
             return hb
-    return _parse_heartbeat_full(data, prefix)
+    return validate_heartbeat(data, prefix)
 
 
 # The snake_case spellings a heartbeat may use; the fast reader leaves them to the validator.
@@ -305,7 +259,7 @@ def _plain_number(value: Any, minimum: float, maximum: float) -> float | None:
     return None
 
 
-def _heartbeat_fast(data: dict[str, Any]) -> Heartbeat | None:
+def read_plain_heartbeat(data: dict[str, Any]) -> Heartbeat | None:
     """The heartbeat of a well-behaved agent — camelCase keys, no metadata, an ISO timestamp or
     none, every value plainly valid — read without the validator's bookkeeping; None for
     anything else (the validator then reads it and names what is wrong)."""
@@ -366,7 +320,7 @@ def _heartbeat_fast(data: dict[str, Any]) -> Heartbeat | None:
                      metrics=metrics, metadata=None)
 
 
-def _parse_heartbeat_full(data: Any, prefix: str = "") -> Heartbeat:
+def validate_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
     """The validator: every field checked, every problem named with its camelCase path."""
     errors: list[dict[str, str]] = []
     if not isinstance(data, dict):

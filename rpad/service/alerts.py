@@ -1,6 +1,6 @@
 """Alerts (SPEC §6): webhooks and email when a client goes offline or comes back online.
 
-:class:`Alerts` is the :class:`~rpad.presence.AlertSink`. ``client_transition`` is called
+:class:`Alerts` is the :class:`~rpad.service.presence.AlertSink`. ``client_transition`` is called
 synchronously on the heartbeat and sweeper paths; it serializes the alert once and offers it
 to each target's bounded queue with ``send_nowait``. It never waits: a full queue drops the
 alert and counts the drop. Each target has one worker task that takes alerts off its queue
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 import smtplib
@@ -44,11 +43,12 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from . import httpclient
-from .config import AlertsConfig, EmailConfig, WebhookConfig
-from .models import iso
-from .registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, Event
-from .retry import backoff_delay
+from ..client import httpclient
+from ..client.backoff import backoff_delay
+from ..config import AlertsConfig, EmailConfig, WebhookConfig
+from ..core.jsonenc import dumps_bytes
+from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, Event
+from ..core.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +85,7 @@ def make_alert(ev: Event) -> Alert | None:
     at = iso(ev.at)
     payload = {"event": name, "clientId": ev.client_id, "reason": ev.reason, "at": at,
                "deliveryId": delivery_id, "client": ev.data}
-    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":"),
-                      allow_nan=False).encode()
+    body = dumps_bytes(payload)
     return Alert(name, ev.client_id, ev.reason, at, delivery_id, body, ev.data)
 
 

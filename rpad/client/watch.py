@@ -42,7 +42,7 @@ from trio_websocket import (
 
 from . import httpclient
 from .agent import add_token_arguments, read_token
-from .retry import Backoff
+from .backoff import Backoff
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ import attrs
 import h11
 import trio
 
-from . import __version__
+from .. import __version__
 
 MAX_RESPONSE_BYTES = 1024 * 1024
 READ_CHUNK_BYTES = 65536

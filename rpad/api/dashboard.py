@@ -30,10 +30,10 @@ from urllib.parse import urlsplit
 import attrs
 from quart import Quart, Response, request
 
-from . import __version__
-from .config import Config
-from .http import ApiError, json_response
-from .proxy import forwarded_origin
+from .. import __version__
+from ..config import Config
+from ..core.proxy import forwarded_origin
+from .errors import ApiError, json_response
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -112,8 +112,7 @@ def hub_url(cfg: Config, ws_url: str | None, host_header: str, secure: bool) -> 
     return f"{scheme}://{host}{port}{parts.path or '/ws'}"
 
 
-def register_dashboard(app: Quart, config: Callable[[], Config],
-                       ws_url: Callable[[], str | None]) -> None:
+def add_routes(app: Quart, config: Callable[[], Config], ws_url: Callable[[], str | None]) -> None:
     """Add the dashboard's routes to the app. ``config`` and ``ws_url`` are read per request
     (the hub binds after the app is made; a reload may change ``websocket.public_url``)."""
     files = load_static()

@@ -2,8 +2,8 @@
 API under ``/api/v1/websocket/``.
 
 Handlers are thin: check the token, validate the body (every bad field is named, unknown
-fields are refused), call :class:`~rpad.hub.Hub`, shape the JSON. Errors are the app's usual
-``{"error", "message", "details"}`` bodies (see :mod:`rpad.http`).
+fields are refused), call the feeds and the hub's admin side, shape the JSON. Errors are the app's usual
+``{"error", "message", "details"}`` bodies (see :mod:`rpad.api.errors`).
 
 Who may do what: publishing and notifying need the service role (or admin); everything else
 needs admin, except ``GET /api/v1/websocket/health``, which is open (it reveals only counts).
@@ -11,33 +11,22 @@ needs admin, except ``GET /api/v1/websocket/health``, which is open (it reveals 
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
 from quart import Quart, Response, request
 
-from .auth import Principal, require_role
-from .http import (
-    ApiError,
-    AppState,
-    AuthFailureLimiter,
-    authenticate,
-    json_response,
-    request_json_object,
-)
-from .hub import (
-    MAX_PING_USER_TIMEOUT_SECONDS,
-    NOTIFICATION_LEVELS,
-    PING_USER_TIMEOUT_SECONDS,
-    RPAD_ONLY_TOPICS,
-    SYSTEM_MESSAGE,
-    TOPIC_RE,
-    TYPE_RE,
-    Hub,
-)
-from .models import Fields, ValidationFailed
-from .proxy import client_address
+from ..core.errors import ValidationFailed
+from ..core.jsonenc import dumps
+from ..core.principal import Principal, require_role
+from ..core.topics import NOTIFICATION_LEVELS, RPAD_ONLY_TOPICS, SYSTEM_MESSAGE, TOPIC_RE, TYPE_RE
+from ..core.validation import Fields
+from ..hub.admin import MAX_PING_USER_TIMEOUT_SECONDS, PING_USER_TIMEOUT_SECONDS
+from ..hub.server import Hub
+from .bodies import request_json_object
+from .context import ApiContext
+from .errors import ApiError, json_response
+from .security import request_principal
 
 USER_ID_MAX_CHARS = 128
 TITLE_MAX_CHARS = 200
@@ -76,42 +65,21 @@ def _json_data(body: _Body, name: str = "data") -> Any:
     """Any JSON value; NaN and infinities (which Python's parser lets through) are refused."""
     value = body.data.get(name)
     try:
-        json.dumps(value, allow_nan=False)
+        dumps(value)
     except ValueError:
         body.fail(name, "must not contain NaN or Infinity")
     return value
 
 
-class _SharedLimiter:
-    """The HTTP API's failed-authentication counter, as the hub's ``AuthLimiter``: failures on
-    either side count together, and an address over the limit is refused on both."""
-
-    def __init__(self, limiter: AuthFailureLimiter) -> None:
-        self.limiter = limiter
-
-    def blocked(self, peer: str) -> bool:
-        try:
-            self.limiter.check(peer)
-        except ApiError:
-            return True
-        return False
-
-    def failed(self, peer: str) -> None:
-        self.limiter.failed(peer)
-
-
-def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
-    """Add the publish and WebSocket management routes to the app (before it is served), and
-    let the hub share the app's failed-authentication limiter."""
-    hub.limiter = _SharedLimiter(state.limiter)
+def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
+    """Add the publish and WebSocket management routes to the app (before it is served)."""
+    feeds, admin = ctx.feeds, hub.admin
 
     def principal() -> Principal:
-        return authenticate(state, request.headers.get("Authorization"),
-                            client_address(request.remote_addr or "unknown", request.headers.get,
-                                           state.config.http.trusted_proxies))
+        return request_principal(ctx)
 
     async def body_object() -> dict[str, Any]:
-        return await request_json_object(state.config.http.max_body_bytes)
+        return await request_json_object(ctx.config.http.max_body_bytes)
 
     def path_user(user_id: str) -> str:
         if not _USER_ID_RE.fullmatch(user_id):
@@ -134,7 +102,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
         assert topic is not None and type_ is not None
         if topic in RPAD_ONLY_TOPICS:
             raise ApiError(403, "forbidden", f"only rpad itself publishes to the {topic} topic")
-        seq, delivered = hub.publish(topic, type_, data)
+        seq, delivered = await feeds.publish(topic, type_, data)
         return json_response({"topic": topic, "type": type_, "seq": seq, "delivered": delivered})
 
     # -- reading -------------------------------------------------------------------------------
@@ -142,30 +110,30 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
     @app.get("/api/v1/websocket/stats")
     async def hub_stats() -> Response:
         require_role(principal(), "admin")
-        return json_response(hub.stats())
+        return json_response(admin.stats())
 
     @app.get("/api/v1/websocket/connections")
     async def hub_connections() -> Response:
         require_role(principal(), "admin")
-        conns = hub.connections()
+        conns = admin.connections()
         return json_response({"connections": conns, "total": len(conns)})
 
     @app.get("/api/v1/websocket/users/<user_id>/connections")
     async def hub_user_connections(user_id: str) -> Response:
         require_role(principal(), "admin")
         uid = path_user(user_id)
-        conns = hub.connections(uid)
+        conns = admin.connections(uid)
         return json_response({"userId": uid, "connections": conns, "total": len(conns)})
 
     @app.get("/api/v1/websocket/online-users")
     async def hub_online_users() -> Response:
         require_role(principal(), "admin")
-        users = hub.online_users()
+        users = admin.online_users()
         return json_response({"users": users, "total": len(users)})
 
     @app.get("/api/v1/websocket/health")
     async def hub_health() -> Response:
-        body = hub.health()
+        body = admin.health()
         return json_response(body, 200 if body["accepting"] else 503)
 
     # -- acting --------------------------------------------------------------------------------
@@ -181,7 +149,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
         data = _json_data(body)
         body.check()
         type_ = type_ or SYSTEM_MESSAGE
-        seq, delivered = hub.broadcast(type_, data)
+        seq, delivered = await feeds.broadcast(type_, data)
         return json_response({"type": type_, "topic": "system", "seq": seq,
                               "delivered": delivered})
 
@@ -211,7 +179,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
             body.fail("autoClose", "must be true, false, or a number of seconds from 0 to 86400")
         body.check()
         assert title is not None and message is not None
-        note, delivered = hub.notify(title=title, message=message, level=level,
+        note, delivered = await feeds.notify(title=title, message=message, level=level,
                                      action_url=action_url, auto_close=auto_close,
                                      user_id=user_id, topic=topic)
         where: dict[str, Any] = ({"userId": user_id} if user_id is not None
@@ -227,7 +195,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
         reason = body.string("reason", max_chars=REASON_MAX_CHARS)
         body.check()
         assert user_id is not None
-        n = hub.disconnect_user(user_id, reason or DEFAULT_DISCONNECT_REASON)
+        n = await admin.disconnect_user(user_id, reason or DEFAULT_DISCONNECT_REASON)
         return json_response({"userId": user_id, "disconnected": n})
 
     @app.post("/api/v1/websocket/ping/<user_id>")
@@ -246,7 +214,7 @@ def register_routes(app: Quart, state: AppState, hub: Hub) -> None:
                     "field": "timeoutSeconds",
                     "message": f"must be a number of seconds above 0 and at most "
                                f"{MAX_PING_USER_TIMEOUT_SECONDS:g}"}]) from None
-        if not hub.connections(uid):
+        if not admin.connections(uid):
             raise ApiError(404, "not_connected", "this user has no open WebSocket connection")
-        results = await hub.ping_user(uid, timeout)
+        results = await admin.ping_user(uid, timeout)
         return json_response({"userId": uid, "results": results})

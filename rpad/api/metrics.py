@@ -4,7 +4,8 @@ Most of rpad's numbers already live in plain counters on the parts that own them
 presence layer counts heartbeats and transitions, the store counts commits, the hub counts
 messages). :class:`RpadCollector` reads them at scrape time, so nothing on the hot path pays
 for a metrics library, and there is one source of truth per number. Only the commit
-histograms are observed as they happen (the store calls :meth:`Metrics.observe_commit`).
+histograms are observed as they happen (:class:`CommitHistograms`, which the daemon gives the
+store before anything else exists).
 Process metrics (CPU, memory, file descriptors, start time) come from prometheus_client's own
 collectors.
 
@@ -35,11 +36,8 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from quart import Quart, Response, request
 
-from . import __version__
-from .auth import require_role
-from .http import AppState, authenticate
-from .presence import Presence
-from .registry import (
+from .. import __version__
+from ..core.model import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
     CLIENT_REMOVED,
@@ -47,7 +45,10 @@ from .registry import (
     ONLINE,
     UNKNOWN,
 )
-from .store import Store
+from ..core.principal import require_role
+from ..service.presence import Presence
+from .context import ApiContext
+from .security import request_principal
 
 log = logging.getLogger(__name__)
 
@@ -69,18 +70,41 @@ TRANSITIONS = {CLIENT_CONNECTED: "online", CLIENT_DISCONNECTED: "offline", CLIEN
 
 
 class HubStats(Protocol):
-    """What the metrics read from the WebSocket hub (see :mod:`rpad.hub`)."""
+    """What the metrics read from the WebSocket hub (:class:`rpad.hub.admin.HubAdmin`)."""
 
     def metrics_snapshot(self) -> Mapping[str, Any]: ...
 
 
 class AlertStats(Protocol):
-    """What the metrics read from the alerts (see :mod:`rpad.alerts`)."""
+    """What the metrics read from the alerts (:class:`rpad.service.alerts.Alerts`)."""
 
     def stats(self) -> list[dict[str, Any]]: ...
 
 
-class _ProcessCollector(ProcessCollector):
+class StorageStats(Protocol):
+    """What the metrics read from the store (successful and failed group commits)."""
+
+    commits: int
+    commit_failures: int
+
+
+class CommitHistograms:
+    """Writes per group commit and the time of each, observed as commits happen."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.batch_size = Histogram(
+            "rpad_store_commit_batch_size", "Writes per SQLite group commit.",
+            buckets=COMMIT_BATCH_SIZE_BUCKETS, registry=registry)
+        self.seconds = Histogram(
+            "rpad_store_commit_duration_seconds", "Time of one SQLite group commit (fsync included).",
+            buckets=COMMIT_SECONDS_BUCKETS, registry=registry)
+
+    def observe(self, batch_size: int, seconds: float) -> None:
+        self.batch_size.observe(batch_size)
+        self.seconds.observe(seconds)
+
+
+class ProcessCollectorAnySubset(ProcessCollector):
     """prometheus_client's process collector, also under systemd's ``ProcSubset=pid``.
 
     The library reads the boot time from ``/proc/stat``, which ``ProcSubset=pid`` hides; without
@@ -98,36 +122,24 @@ class _ProcessCollector(ProcessCollector):
 
 
 class Metrics:
-    """The daemon's metrics registry.
+    """The daemon's metrics registry (its own, never prometheus_client's global one).
 
-    ``hub`` and ``alerts`` are attached by the daemon once those parts exist; until then
-    their families are simply absent.
-    """
+    The daemon builds it before the store (which reports to :attr:`commits`), then calls
+    :meth:`collect` once the other parts exist."""
 
-    def __init__(self, presence: Presence, store: Store, *, epoch: str,
-                 reloads: Callable[[], Mapping[str, int]] = dict) -> None:
-        self.presence = presence
-        self.store = store
+    def __init__(self, *, epoch: str, reloads: Callable[[], Mapping[str, int]] = dict) -> None:
         self.epoch = epoch
         self.reloads = reloads
-        self.hub: HubStats | None = None
-        self.alerts: AlertStats | None = None
         self.registry = CollectorRegistry(auto_describe=True)
-        self.commit_batch_size = Histogram(
-            "rpad_store_commit_batch_size", "Writes per SQLite group commit.",
-            buckets=COMMIT_BATCH_SIZE_BUCKETS, registry=self.registry)
-        self.commit_seconds = Histogram(
-            "rpad_store_commit_duration_seconds", "Time of one SQLite group commit (fsync included).",
-            buckets=COMMIT_SECONDS_BUCKETS, registry=self.registry)
-        _ProcessCollector(registry=self.registry)
+        self.commits = CommitHistograms(self.registry)
+        ProcessCollectorAnySubset(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
-        self.registry.register(RpadCollector(self))
-        store.on_commit = self.observe_commit
 
-    def observe_commit(self, batch_size: int, seconds: float) -> None:
-        self.commit_batch_size.observe(batch_size)
-        self.commit_seconds.observe(seconds)
+    def collect(self, presence: Presence, *, storage: StorageStats | None = None,
+                hub: HubStats | None = None, alerts: AlertStats | None = None) -> None:
+        """Read these parts' counters at every scrape from now on."""
+        self.registry.register(RpadCollector(self, presence, storage, hub, alerts))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for (Prometheus text 0.0.4 by
@@ -149,8 +161,13 @@ def _counter(name: str, doc: str, label: str, values: Mapping[str, int],
 class RpadCollector(Collector):
     """Reads the daemon's own counters at scrape time."""
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, presence: Presence, storage: StorageStats | None,
+                 hub: HubStats | None, alerts: AlertStats | None) -> None:
         self.m = metrics
+        self.presence = presence
+        self.storage = storage
+        self.hub = hub
+        self.alerts = alerts
 
     def collect(self) -> Iterable[Metric]:
         m = self.m
@@ -162,11 +179,11 @@ class RpadCollector(Collector):
                        "result", m.reloads(), ("applied", "refused"))
 
         # -- presence --------------------------------------------------------------------------
-        p = m.presence
+        p = self.presence
         yield _counter("rpad_heartbeats", "Heartbeats that reached the presence layer, by result.",
                        "result", p.heartbeats_by_result, HEARTBEAT_RESULTS)
         by_status = {s: 0 for s in CLIENT_STATUSES}
-        for client in p.registry:
+        for client in p.view:
             by_status[client.status] = by_status.get(client.status, 0) + 1
         clients = GaugeMetricFamily("rpad_clients", "Known clients by presence status.",
                                     labels=["status"])
@@ -179,18 +196,19 @@ class RpadCollector(Collector):
                        TRANSITIONS.values())
 
         # -- store -----------------------------------------------------------------------------
-        s = m.store
-        yield CounterMetricFamily("rpad_store_commits", "Successful SQLite group commits.",
-                                  value=s.commits)
-        yield CounterMetricFamily("rpad_store_commit_failures",
-                                  "Failed SQLite group commits (retried with the next batch).",
-                                  value=s.commit_failures)
+        s = self.storage
+        if s is not None:
+            yield CounterMetricFamily("rpad_store_commits", "Successful SQLite group commits.",
+                                      value=s.commits)
+            yield CounterMetricFamily("rpad_store_commit_failures",
+                                      "Failed SQLite group commits (retried with the next batch).",
+                                      value=s.commit_failures)
 
         # -- hub and alerts --------------------------------------------------------------------
-        if m.hub is not None:
-            yield from _hub_families(m.hub.metrics_snapshot())
-        if m.alerts is not None:
-            yield from _alert_families(m.alerts.stats())
+        if self.hub is not None:
+            yield from _hub_families(self.hub.metrics_snapshot())
+        if self.alerts is not None:
+            yield from _alert_families(self.alerts.stats())
 
 
 def _hub_families(snap: Mapping[str, Any]) -> Iterable[Metric]:
@@ -252,14 +270,12 @@ def _alert_families(targets: Iterable[Mapping[str, Any]]) -> Iterable[Metric]:
         yield fam
 
 
-def add_route(app: Quart, state: AppState, metrics: Metrics) -> None:
+def add_route(app: Quart, ctx: ApiContext, metrics: Metrics) -> None:
     """Register ``GET /metrics`` on the app (errors go through the app's JSON handler)."""
 
     @app.get(METRICS_PATH)
     async def metrics_endpoint() -> Response:
-        if not state.config.metrics.public:
-            principal = authenticate(state, request.headers.get("Authorization"),
-                                     request.remote_addr or "unknown")
-            require_role(principal, "viewer")
+        if not ctx.config.metrics.public:
+            require_role(request_principal(ctx), "viewer")
         body, content_type = metrics.render(request.headers.get("Accept"))
         return Response(body, status=200, content_type=content_type)

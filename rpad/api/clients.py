@@ -1,0 +1,175 @@
+"""The presence routes (SPEC §3): heartbeats, clients, their status history and agent tokens.
+
+Handlers are thin: authenticate, read and validate, call
+:class:`~rpad.service.presence.Presence`, shape the JSON. Errors are raised as
+:class:`~rpad.api.errors.ApiError` or domain errors, which the app's handler translates.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from quart import Quart, Response, request
+
+from ..auth import bearer_token, parse_ttl
+from ..core.errors import AuthError, ValidationFailed
+from ..core.principal import Principal, require_client_access, require_role
+from ..core.queries import STATUSES, ClientQuery, query_clients
+from ..core.times import iso
+from ..core.validation import client_id_from_path, parse_registration
+from ..service.presence import MAX_BATCH_HEARTBEATS
+from .bodies import int_arg, request_body, request_json_object
+from .context import ApiContext
+from .errors import invalid_parameter, json_response, unknown_client
+from .heartbeat import handle_heartbeat
+from .security import request_peer, request_principal
+
+DEFAULT_LIST_LIMIT = 1000
+MAX_LIST_LIMIT = 10_000
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+
+
+def add_routes(app: Quart, ctx: ApiContext) -> None:
+    presence = ctx.presence
+
+    def principal() -> Principal:
+        return request_principal(ctx)
+
+    def peer() -> str:
+        return request_peer(ctx.config.http.trusted_proxies)
+
+    async def body_object(*, allow_empty: bool = False) -> dict[str, Any]:
+        return await request_json_object(ctx.config.http.max_body_bytes, allow_empty=allow_empty)
+
+    def known_client(client_id: str) -> str:
+        cid = client_id_from_path(client_id)
+        if presence.view.get(cid) is None:
+            raise unknown_client()
+        return cid
+
+    # -- heartbeats ----------------------------------------------------------------------------
+
+    @app.post("/api/v1/client/heartbeat")
+    async def heartbeat() -> Response:
+        # The same implementation as the ASGI fast path (rpad.api.heartbeat), which normally
+        # answers this route before Quart sees it (http.fast_path = false routes it here).
+        status, body, headers = await handle_heartbeat(
+            ctx, bearer_token(request.headers.get("Authorization")), peer(),
+            request.content_length, request_body)
+        return json_response(body, status, headers)
+
+    @app.post("/api/v1/client/heartbeats")
+    async def heartbeats() -> Response:
+        require_role(principal(), "service")
+        items = (await body_object()).get("heartbeats")
+        if not isinstance(items, list):
+            raise ValidationFailed([{"field": "heartbeats",
+                                     "message": "must be an array of heartbeat objects"}])
+        if len(items) > MAX_BATCH_HEARTBEATS:
+            raise ValidationFailed([{
+                "field": "heartbeats",
+                "message": f"must hold at most {MAX_BATCH_HEARTBEATS} heartbeats, got {len(items)}"}])
+        results = await presence.heartbeat_batch(items, peer(), lambda _cid: True)
+        ok = sum(1 for r in results if r["ok"])
+        return json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
+
+    @app.get("/api/v1/client/heartbeat/status/<client_id>")
+    async def heartbeat_status(client_id: str) -> Response:
+        p = principal()
+        cid = client_id_from_path(client_id)
+        require_client_access(p, cid, write=False)
+        if p.role == "agent" or p.at_least("viewer"):
+            client = presence.view.get(cid)
+            if client is None:
+                raise unknown_client()
+            return json_response(presence.view.view(client))
+        raise AuthError(403, "not allowed")
+
+    # -- clients -------------------------------------------------------------------------------
+
+    @app.get("/api/v1/clients")
+    async def list_clients() -> Response:
+        require_role(principal(), "viewer")
+        args = request.args
+        status = args.get("status")
+        if status is not None and status not in STATUSES:
+            raise invalid_parameter("status", "must be online, offline or unknown")
+        query = ClientQuery(
+            status=status, q=args.get("q") or "", tag=args.get("tag"),
+            limit=int_arg(args.get("limit"), "limit", DEFAULT_LIST_LIMIT, 1, MAX_LIST_LIMIT),
+            offset=int_arg(args.get("offset"), "offset", 0, 0, 10**9))
+        page = query_clients(presence.view, query)
+        return json_response({
+            "clients": [presence.view.view(c) for c in page.clients],
+            "total": page.total,
+            "limit": query.limit,
+            "offset": query.offset,
+            "counts": page.counts,
+        })
+
+    @app.post("/api/v1/clients")
+    async def register_client() -> Response:
+        require_role(principal(), "admin")
+        reg = parse_registration(await body_object())
+        view, created = await presence.register(reg)
+        return json_response(view, 201 if created else 200)
+
+    @app.get("/api/v1/clients/<client_id>")
+    async def get_client(client_id: str) -> Response:
+        require_role(principal(), "viewer")
+        client = presence.view.get(known_client(client_id))
+        assert client is not None
+        return json_response(presence.view.view(client))
+
+    @app.delete("/api/v1/clients/<client_id>")
+    async def delete_client(client_id: str) -> Response:
+        require_role(principal(), "admin")
+        view = await presence.remove(known_client(client_id))
+        return json_response({"removed": True, "client": view})
+
+    @app.get("/api/v1/clients/<client_id>/events")
+    async def client_events(client_id: str) -> Response:
+        require_role(principal(), "viewer")
+        cid = known_client(client_id)
+        limit = int_arg(request.args.get("limit"), "limit", DEFAULT_EVENTS_LIMIT, 1,
+                        MAX_EVENTS_LIMIT)
+        rows = await presence.status_history(cid, limit)
+        return json_response({
+            "clientId": cid,
+            "events": [{"at": iso(at), "status": status, "reason": reason}
+                       for at, status, reason in rows],
+        })
+
+    # -- agent tokens --------------------------------------------------------------------------
+
+    @app.post("/api/v1/clients/<client_id>/tokens")
+    async def mint_token(client_id: str) -> Response:
+        require_role(principal(), "admin")
+        cid = client_id_from_path(client_id)
+        if presence.view.get(cid) is None and ctx.config.presence.registration == "manual":
+            raise unknown_client()
+        ttl: float | None = None
+        raw = (await body_object(allow_empty=True)).get("ttl")
+        if raw is not None:
+            try:
+                if not isinstance(raw, str):
+                    raise ValueError("must be a string such as 30d or never")  # noqa: TRY004 (caught just below)
+                ttl = parse_ttl(raw)
+            except ValueError as exc:
+                raise ValidationFailed([{"field": "ttl", "message": str(exc)}]) from None
+        token = ctx.auth.mint(role="agent", sub=cid, ttl_seconds=ttl)
+        now = presence.wall_clock()
+        return json_response({
+            "clientId": cid,
+            "token": token,
+            "generation": presence.token_generation(cid),
+            "expiresAt": iso(now + ttl) if ttl is not None else None,
+        }, 201)
+
+    @app.delete("/api/v1/clients/<client_id>/tokens")
+    async def revoke_tokens(client_id: str) -> Response:
+        require_role(principal(), "admin")
+        cid = client_id_from_path(client_id)
+        gen = await presence.revoke_tokens(cid)
+        return json_response({"clientId": cid, "revoked": True, "generation": gen})

@@ -1,0 +1,29 @@
+"""What the HTTP routes are given: the parts they call, built by the daemon."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from ..auth import Authenticator
+from ..config import Config
+from ..service.feeds import Feeds
+from ..service.gate import Gate
+from ..service.presence import Presence
+
+
+@attrs.define
+class ApiContext:
+    # The configuration in force (replaced by a reload).
+    config: Config
+    presence: Presence
+    gate: Gate
+    auth: Authenticator
+    feeds: Feeds
+    epoch: str
+    # time.monotonic() at start.
+    started_at: float
+    # More fields for GET /api/v1/health (the hub's, for one).
+    extra_health: Callable[[], dict[str, Any]] = dict

@@ -1,0 +1,227 @@
+"""The seams where a backend plugs in: what ``service/``, ``api/`` and ``hub/`` depend on.
+
+Three interfaces, and the values they exchange:
+
+- :class:`PresenceBackend`: who is online. Writes are async and durable on return (or report
+  why not); each node keeps a *view* of every client in memory (:class:`PresenceView`, which
+  :class:`rpad.core.registry.Registry` implements), from which lists, pushes and metrics are
+  read without a round trip.
+- :class:`Broker`: topics' sequence numbers under an epoch, their bounded history, and
+  delivery to the hubs of every node (through each node's :class:`Delivery`); messages to a
+  user; the per-user connection limit.
+- :class:`FailureCounter`: failed authentications per address (brute-force protection).
+
+``backend = "local"`` (:mod:`rpad.backend.local`) is one process: the registry in memory,
+SQLite, the hub's own delivery. A shared backend implements the same Protocols; only
+:mod:`rpad.daemon` chooses and builds one.
+
+Error handling: a write that cannot be made durable is *kept* by the backend and retried, and
+reported in :attr:`Applied.error` (:class:`~rpad.core.errors.StorageUnavailable`): the caller
+announces its events anyway (the node's view has changed) and does not acknowledge it (503).
+Refusals of single items (:class:`~rpad.core.errors.RateLimited`,
+:class:`~rpad.core.errors.UnknownClient`) are results, not exceptions, so that one bad item of a
+batch refuses only itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, Generic, Protocol, TypeVar
+
+import attrs
+import trio
+
+from ..config import PresenceConfig
+from ..core.errors import StorageUnavailable
+from ..core.model import Client, Event, HeartbeatOutcome
+from ..core.validation import Heartbeat, Registration
+
+T = TypeVar("T")
+
+# What one item of a heartbeat batch gives: its outcome, or why it was refused.
+BeatResult = HeartbeatOutcome | Exception
+
+
+@attrs.frozen
+class Applied(Generic[T]):
+    """What a write did. ``results``: one per item (an outcome, or the refusal as an exception
+    value); ``events``: what to announce, in order; ``error``: set when the write was applied
+    to the view and is kept, but is not durable yet (do not acknowledge it)."""
+
+    results: list[T]
+    events: list[Event]
+    error: StorageUnavailable | None = None
+
+
+class PresenceView(Protocol):
+    """A node's in-memory view of every client (reads never wait on a backend)."""
+
+    default_timeout_seconds: float
+    min_interval_seconds: float
+    grace_until: float
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[Client]: ...
+
+    def get(self, client_id: str) -> Client | None: ...
+
+    @property
+    def online_count(self) -> int: ...
+
+    @property
+    def revision(self) -> int:
+        """Grows with every change of any client (the pusher's delta marker)."""
+        ...
+
+    @property
+    def view_generation(self) -> int:
+        """Changes when every client's view changes at once (a new default timeout)."""
+        ...
+
+    def view(self, client: Client) -> dict[str, Any]: ...
+
+    def view_json(self, client: Client) -> str: ...
+
+    def servers_json(self) -> str: ...
+
+    def delta_json(self, since: int) -> str | None: ...
+
+
+class PresenceBackend(Protocol):
+    """Presence state: the view, durable writes, the sweep, token generations.
+
+    Resource handling: :meth:`run` runs the backend's background work (the local store's
+    committer; a shared backend's connections and subscriptions) in the daemon's nursery; it
+    calls ``task_status.started()`` once writes can be accepted."""
+
+    @property
+    def view(self) -> PresenceView: ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def reconfigure(self, cfg: PresenceConfig) -> None:
+        """Apply new presence settings (timeouts, minimum interval, registration policy)."""
+        ...
+
+    async def heartbeats(self, beats: Sequence[Heartbeat], now: float,
+                         peer: str | None) -> Applied[BeatResult]:
+        """Apply heartbeats received at ``now`` (the server's clock); durable on return unless
+        ``error`` says otherwise."""
+        ...
+
+    async def register(self, reg: Registration, now: float) -> Applied[tuple[Client, bool]]:
+        """Register or update a client; the one result is (client, created)."""
+        ...
+
+    async def remove(self, client_id: str, now: float) -> Applied[Client]:
+        """Remove a client (raises UnknownClient if there is none); the one result is it."""
+        ...
+
+    async def sweep(self, now: float) -> Applied[Client]:
+        """Mark offline every client whose timeout has passed (nobody during the start-up
+        grace). With several nodes, one sweeps at a time (a lease); the others get an empty
+        result."""
+        ...
+
+    def next_deadline(self) -> float | None:
+        """The wall-clock time at which the next client could time out, or None (nobody
+        online): the sweeper sleeps until then."""
+        ...
+
+    async def status_history(self, client_id: str,
+                             limit: int) -> list[tuple[float, str, str | None]]:
+        """(at, status, reason) of the client's transitions, newest first."""
+        ...
+
+    def token_generation(self, client_id: str) -> int:
+        """The client's current agent-token generation (from the node's memory: this is on
+        every agent request)."""
+        ...
+
+    async def revoke_tokens(self, client_id: str) -> int:
+        """Bump the client's generation (revoking its agent tokens); durable on return."""
+        ...
+
+
+@attrs.frozen
+class Replay:
+    """A subscriber's catch-up: the topic's current ``seq``, the messages after ``since`` (whole
+    envelopes, in order), and whether they are all that was missed."""
+
+    seq: int
+    texts: list[str]
+    recovered: bool
+
+
+class Delivery(Protocol):
+    """This node's hub, as a broker sees it (:class:`rpad.hub.fanout.Fanout`). Never blocks."""
+
+    def deliver(self, topic: str, type_: str, text: str) -> int:
+        """Hand an envelope to the topic's local subscribers; returns how many."""
+        ...
+
+    def deliver_to_user(self, user_id: str, text: str) -> int: ...
+
+    def subscribers(self, topic: str) -> int: ...
+
+    def disconnect_user(self, user_id: str, reason: str) -> int: ...
+
+    def user_connections(self, user_id: str) -> int: ...
+
+
+class Broker(Protocol):
+    """Topics' seq (under :attr:`epoch`), bounded history, delivery to every node's hub.
+
+    ``publish_nowait`` is for rpad's own events: it never blocks (a remote broker queues the
+    message in an outbox that its :meth:`run` task drains; the local one publishes at once).
+    ``publish`` is for callers that need the seq (the publish API, WebSocket ``publish``)."""
+
+    epoch: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    def reconfigure(self, *, history_size: int) -> None: ...
+
+    def publish_nowait(self, topic: str, type_: str, data_json: str, *,
+                       at: float | None = None) -> None: ...
+
+    async def publish(self, topic: str, type_: str, data_json: str, *,
+                      at: float | None = None) -> tuple[int, int]:
+        """Returns (seq, connections reached)."""
+        ...
+
+    async def replay(self, topic: str, since: int | None) -> Replay: ...
+
+    def topic_seq(self, topic: str) -> int: ...
+
+    async def send_to_user(self, user_id: str, type_: str, data_json: str) -> int:
+        """To every connection of the user on every node (``topic`` and ``seq`` null)."""
+        ...
+
+    async def disconnect_user(self, user_id: str, reason: str) -> int: ...
+
+    async def claim_connection(self, user_id: str, connection_id: str, limit: int) -> bool:
+        """Count a new connection of ``user_id`` against ``limit`` (cluster-wide for a shared
+        broker); False when the user has ``limit`` already."""
+        ...
+
+    def release_connection(self, user_id: str, connection_id: str) -> None: ...
+
+    def stats(self) -> dict[str, int]:
+        """``messagesPublished`` and ``topics`` (topics with a seq or history)."""
+        ...
+
+
+class FailureCounter(Protocol):
+    """Failed authentications per address. Both methods are on every request's path and never
+    wait: a shared counter keeps the blocked addresses in memory and reports failures in the
+    background."""
+
+    max_per_window: int
+
+    def blocked(self, peer: str) -> float | None:
+        """Seconds until ``peer`` may try again, or None if it may now."""
+        ...
+
+    def failed(self, peer: str) -> None: ...
