@@ -22,6 +22,7 @@ several repetitions.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import random
 import statistics
@@ -39,8 +40,17 @@ T0 = 1_767_225_600.0
 STEADY_FRACTION = 1 / 15  # beats every 30 s, pushes every 2 s
 
 
+def _rpad(module: str, before_layers: str) -> Any:
+    """An rpad module by its path, or by its path before the layers (BENCH_RPAD_ROOT at an
+    older checkout)."""
+    try:
+        return importlib.import_module(f"rpad.{module}")
+    except ImportError:
+        return importlib.import_module(f"rpad.{before_layers}")
+
+
 def _heartbeat(i: int) -> Any:
-    from rpad.core.validation import Heartbeat
+    Heartbeat = _rpad("core.validation", "models").Heartbeat
 
     return Heartbeat(
         client_id=f"robot-{i:06d}", status="online" if i % 7 else "busy",
@@ -53,7 +63,7 @@ def _heartbeat(i: int) -> Any:
 
 
 def build(n: int) -> Any:
-    from rpad.core.registry import Registry
+    Registry = _rpad("core.registry", "registry").Registry
 
     reg = Registry(default_timeout_seconds=60.0, min_interval_seconds=0.0, auto_register=True)
     for i in range(n):
@@ -81,8 +91,8 @@ def worker(quick: bool) -> dict[str, Any]:
 
 
 def _fleet_of(n: int, repeat: int, rng: random.Random) -> dict[str, Any]:
-    from rpad.core.jsonenc import envelope
-    from rpad.core.times import iso
+    envelope = _rpad("core.jsonenc", "hub").envelope
+    iso = _rpad("core.times", "models").iso
 
     out: dict[str, Any] = {}
     clock = [T0 + 10.0]
@@ -144,7 +154,7 @@ def _fleet_of(n: int, repeat: int, rng: random.Random) -> dict[str, Any]:
 
 
 def _make_db(path: Path, n: int) -> None:
-    from rpad.backend.local.store import Store
+    Store = _rpad("backend.local.store", "store").Store
 
     reg = build(n)
     store = Store(path)

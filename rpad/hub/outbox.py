@@ -61,6 +61,9 @@ _Item = str | _Slot | _Batch
 
 
 class Outbox:
+    __slots__ = ("_deferred", "_recv", "_send", "_slots", "backlog", "batch", "dirty",
+                 "flushed_at", "frame_chars", "pending", "size", "writing")
+
     def __init__(self, size: int, *, batch: bool = False,
                  frame_chars: int = 64 * 1024) -> None:
         self.size = size
