@@ -61,20 +61,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
             # What start-up built (the registry loaded from the database, the modules) lives
             # as long as the process: out of the collector's scans from now on.
             gc.freeze()
+            # Where it listens, said once (the daemon does not log it again, and Hypercorn's
+            # own "Running on" line is filtered out by logs.setup).
             http = listening.http_url
             print(f"rpad {__version__} listening: HTTP API {http}", flush=True)
             if listening.ws_url:
                 print(f"  WebSocket hub {listening.ws_url}", flush=True)
-            print(f"  dashboard {http}/", flush=True)
             if args.config is None and sys.stdout.isatty():
                 # Built-in defaults at an interactive terminal: hand the operator a way in.
                 # Never into a log: under systemd tokens come from `rpad token`.
                 assert daemon.auth is not None
                 token = daemon.auth.mint(role="admin", sub="admin", ttl_seconds=30 * 86400)
                 print(f"  admin token (30 days): {token}", flush=True)
-                print(f"  open: {http}/?token={token}", flush=True)
+                print(f"  dashboard, signed in: {http}/?token={token}", flush=True)
             else:
-                print("  get a token with: rpad token --role admin --sub you", flush=True)
+                print(f"  dashboard at / (get a token with: {_invocation()} token --role admin "
+                      "--sub you)", flush=True)
 
     try:
         # Until the daemon's signal receiver is open, a SIGHUP (an early `systemctl reload`)
@@ -91,6 +93,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             log.critical("rpad failed", exc_info=True)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _invocation() -> str:
+    """How this command was run, for the commands it suggests: ``.venv/bin/rpad`` when run as
+    that (a bare ``rpad`` is not on the PATH unless the venv is activated)."""
+    argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "rpad"
+    if argv0.endswith("__main__.py"):
+        return "python3 -m rpad"
+    return argv0
 
 
 def _startup_problem(exc: BaseException) -> str | None:

@@ -213,7 +213,6 @@ class Daemon:
                 binds = await services.start(serve_http)
                 self.http_url = binds[0]
                 self.ws_url = await services.start(hub.run)
-                log.info("WebSocket hub listening on %s", self.ws_url)
                 # The periodic tasks, in one scope so that shutdown can stop them first.
                 periodic = trio.CancelScope()
 
@@ -234,7 +233,7 @@ class Daemon:
                     services.start_soon(run_watchdog, self.notifier, wd)
                 if self.notifier.enabled:
                     services.start_soon(self._report_status)
-                log.info("HTTP API listening on %s", self.http_url)
+                # Where it listens is printed once by `rpad serve` (rpad.cli), not logged again.
                 self.notifier.ready(self._status_line())
                 task_status.started(Listening(self.http_url, self.ws_url))
 

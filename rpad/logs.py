@@ -151,10 +151,22 @@ def reconfigure(level: str, fmt: str) -> None:
         set_level(level)
 
 
+class _NotRunningOn(logging.Filter):
+    """Drops Hypercorn's "Running on http://... (CTRL + C to quit)": `rpad serve` says where it
+    listens, once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Running on ")
+
+
+_HYPERCORN_FILTER = _NotRunningOn()
+
+
 def set_level(level: str) -> None:
     logging.getLogger().setLevel(level.upper())
     # Hypercorn's access log is one line per request (and heartbeats are most of them): keep
     # it off; rpad logs what is worth knowing itself.
     logging.getLogger("hypercorn.access").setLevel(logging.WARNING)
+    logging.getLogger("hypercorn.error").addFilter(_HYPERCORN_FILTER)  # idempotent
     # trio-websocket's debug lines are per frame.
     logging.getLogger("trio-websocket").setLevel(max(logging.INFO, logging.getLogger().level))

@@ -31,13 +31,42 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def need_tool(name: str) -> str:
-    """Path of an external tool; skip without it locally, fail without it in CI."""
+    """Path of an external tool; skip without it locally, fail without it in CI.
+
+    Call it from sync code only (a sync test or fixture; :func:`tool_fixture` makes one):
+    pytest-trio drops the reason of a skip raised inside an async test or fixture, which then
+    reports only "python.py:187: Skipped", so it refuses to be called there for a missing
+    tool."""
     path = shutil.which(name)
     if path is None:
         if IN_CI:
             pytest.fail(f"{name} is required in CI but is not installed")
+        if _in_trio():
+            raise RuntimeError(f"{name} is not installed, and need_tool() was called inside an "
+                               "async test, where the skip's reason would be lost: take the "
+                               "tool from a tool_fixture() instead")
         pytest.skip(f"{name} is not installed")
     return path
+
+
+def tool_fixture(name: str, *, autouse: bool = False) -> Any:
+    """A (sync) fixture giving the path of the tool ``name``; a test that takes it is skipped,
+    with the reason, when the tool is missing (failed in CI). In a test module:
+    ``nginx = tool_fixture("nginx")``, then ``async def test_x(nginx: str)``."""
+
+    @pytest.fixture(name=name.replace("-", "_").replace(".", "_"), autouse=autouse)
+    def fixture() -> str:
+        return need_tool(name)
+
+    return fixture
+
+
+def _in_trio() -> bool:
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
 
 
 async def read_serve_banner(stdout: trio.abc.ReceiveStream,

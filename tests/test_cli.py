@@ -215,10 +215,16 @@ async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
     return out
 
 
-@pytest.mark.parametrize("at_a_terminal", [True, False])
-async def test_serve_on_the_built_in_defaults(tmp_path: Path, at_a_terminal: bool) -> None:
+@pytest.fixture
+def default_ports() -> None:
+    """Skips (with the reason: a sync fixture) when the default ports are taken."""
     if not default_ports_free():
         pytest.skip("127.0.0.1:8000 or :8001 is in use on this machine")
+
+
+@pytest.mark.parametrize("at_a_terminal", [True, False])
+async def test_serve_on_the_built_in_defaults(tmp_path: Path, at_a_terminal: bool,
+                                              default_ports: None) -> None:
     env = {k: v for k, v in os.environ.items()
            if k not in ("STATE_DIRECTORY", "CREDENTIALS_DIRECTORY", "NOTIFY_SOCKET")}
     if at_a_terminal:
@@ -235,13 +241,12 @@ async def test_serve_on_the_built_in_defaults(tmp_path: Path, at_a_terminal: boo
         assert process.stdout is not None
         stream = process.stdout
     try:
-        marker = b"open: " if at_a_terminal else b"rpad token"
+        marker = b"signed in: " if at_a_terminal else b"rpad token"
         out = (await read_until(stream, marker))
         out += await read_until(stream, b"\n") if not out.endswith(b"\n") else b""
         lines = [line.strip() for line in out.decode().splitlines()]
         assert lines[0] == f"rpad {__version__} listening: HTTP API http://127.0.0.1:8000"
         assert "WebSocket hub ws://127.0.0.1:8001" in lines[1]
-        assert lines[2] == "dashboard http://127.0.0.1:8000/"
         state = tmp_path / "rpad-data"
         assert stat.S_IMODE((state / "jwt.secret").stat().st_mode) == 0o600
         assert stat.S_IMODE((state / "rpad.db").stat().st_mode) == 0o600
@@ -249,8 +254,8 @@ async def test_serve_on_the_built_in_defaults(tmp_path: Path, at_a_terminal: boo
             r = await client.get("/api/v1/health")
             assert r.status_code == 200 and r.json()["status"] == "ok"
             if at_a_terminal:
-                token = lines[3].removeprefix("admin token (30 days): ")
-                assert lines[4] == f"open: http://127.0.0.1:8000/?token={token}"
+                token = lines[2].removeprefix("admin token (30 days): ")
+                assert lines[3] == f"dashboard, signed in: http://127.0.0.1:8000/?token={token}"
                 claims = jwt.decode(token, (state / "jwt.secret").read_bytes().strip(),
                                     algorithms=["HS256"])
                 assert (claims["role"], claims["exp"] - claims["iat"]) == ("admin", 30 * 86400)
@@ -258,8 +263,9 @@ async def test_serve_on_the_built_in_defaults(tmp_path: Path, at_a_terminal: boo
                                      headers={"Authorization": f"Bearer {token}"})
                 assert r.status_code == 200, r.text
             else:
-                assert lines[3] == "get a token with: rpad token --role admin --sub you"
-                assert "token" not in json.dumps(lines[:3])
+                assert lines[2] == (f"dashboard at / (get a token with: {RPAD} token --role "
+                                    "admin --sub you)")
+                assert "eyJ" not in json.dumps(lines[:3])  # no token printed
     finally:
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):

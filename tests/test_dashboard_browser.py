@@ -26,7 +26,7 @@ import trio
 
 from rpad.config import Config
 
-from .conftest import Running, need_tool
+from .conftest import Running, need_tool, tool_fixture
 from .test_alerts import daemon_running
 from .test_watch import Restartable, fixed_ports_config
 
@@ -40,6 +40,9 @@ WAIT_MS = 15_000
 TEST_TIMEOUT_SECONDS = 90
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 GIB = 1024 ** 3
+
+# Every test here drives chromium: skipped (with the reason) without it, failed in CI.
+_chromium = tool_fixture("chromium", autouse=True)
 
 pytestmark = pytest.mark.slow
 

@@ -18,9 +18,11 @@ from rpad import __version__
 from rpad.api.metrics import ProcessCollectorAnySubset
 from rpad.config import Config
 
-from .conftest import Running, fake_wall_clock, need_tool, start_daemon
+from .conftest import Running, fake_wall_clock, start_daemon, tool_fixture
 from .test_alerts import HttpReceiver
 from .wsclient import fake_time, ws_connect, ws_connect_stalled
+
+promtool = tool_fixture("promtool")
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -230,9 +232,8 @@ async def test_webhook_deliveries_and_failures(
 
 
 async def test_output_passes_promtool_and_openmetrics_is_negotiated(
-    nursery: trio.Nursery, make_config: Callable[..., Config], tmp_path: Path
+    nursery: trio.Nursery, make_config: Callable[..., Config], tmp_path: Path, promtool: str
 ) -> None:
-    promtool = need_tool("promtool")
     ok = HttpReceiver()
     await nursery.start(ok.serve)
     with trio.fail_after(60):

@@ -30,11 +30,13 @@ from trio_websocket import WebSocketConnection, wrap_client_stream
 
 from rpad import config as config_mod
 
-from .conftest import config_dict, need_tool, start_daemon
+from .conftest import config_dict, start_daemon, tool_fixture
 from .wsclient import Ws
 
 REPO = Path(__file__).resolve().parent.parent
 NGINX_START_TIMEOUT_SECONDS = 20
+
+nginx = tool_fixture("nginx")
 
 
 def free_port() -> int:
@@ -162,9 +164,8 @@ async def wss_connect(url: str, ctx: ssl.SSLContext, origin: str) -> AsyncIterat
 
 
 async def test_api_dashboard_and_hub_through_nginx_on_one_origin(
-    nursery: trio.Nursery, tmp_path: Path
+    nursery: trio.Nursery, tmp_path: Path, nginx: str
 ) -> None:
-    nginx = need_tool("nginx")
     tls_port, plain_port = free_port(), free_port()
     origin = f"https://127.0.0.1:{tls_port}"
     cfg = config_mod.from_dict(config_dict(

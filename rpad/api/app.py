@@ -55,8 +55,11 @@ def create_app(ctx: ApiContext, *, hub: Hub, metrics: metrics_mod.Metrics,
                 405: f"{request.method} is not allowed on {request.path}",
                 413: f"the body is larger than {ctx.config.http.max_body_bytes} bytes",
             }.get(status, exc.description or exc.name)
+            # RFC 9110: a 405 lists the methods the path has.
+            allowed = getattr(exc, "valid_methods", None) if status == 405 else None
             return json_response(error_body(status, _HTTP_CODES.get(status, "http_error"),
-                                            message), status)
+                                            message), status,
+                                 {"Allow": ", ".join(sorted(allowed))} if allowed else None)
         try:
             err = translate(exc)
         except BaseException:

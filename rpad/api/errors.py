@@ -25,6 +25,7 @@ from ..core.jsonenc import dumps
 
 STORAGE_RETRY_AFTER_SECONDS = 5
 INTERNAL_ERROR_MESSAGE = "an internal error occurred; it has been logged"
+BEARER_CHALLENGE = 'Bearer realm="rpad"'
 
 
 class ApiError(Exception):
@@ -65,7 +66,9 @@ def translate(exc: BaseException) -> ApiError:
     if isinstance(exc, ApiError):
         return exc
     if isinstance(exc, AuthError):
-        return ApiError(exc.status, exc.code, exc.message)
+        # RFC 6750: a 401 names the scheme the client should authenticate with.
+        headers = {"WWW-Authenticate": BEARER_CHALLENGE} if exc.status == 401 else None
+        return ApiError(exc.status, exc.code, exc.message, headers=headers)
     if isinstance(exc, TooManyFailures):
         retry = max(1, math.ceil(exc.retry_after_seconds))
         return ApiError(429, "too_many_auth_failures",
