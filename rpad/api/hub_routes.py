@@ -5,8 +5,10 @@ Handlers are thin: check the token, validate the body (every bad field is named,
 fields are refused), call the feeds and the hub's admin side, shape the JSON. Errors are the app's usual
 ``{"error", "message", "details"}`` bodies (see :mod:`rpad.api.errors`).
 
-Who may do what: publishing and notifying need the service role (or admin); everything else
-needs admin, except ``GET /api/v1/websocket/health``, which is open (it reveals only counts).
+Who may do what: publishing and notifying need the service role (or admin), and reach the
+built-in topics only as :mod:`rpad.core.access` allows (a service notifies into
+``notifications``, nothing more); everything else needs admin, except
+``GET /api/v1/websocket/health``, which is open (it reveals only counts).
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from typing import Any
 
 from quart import Quart, Response, request
 
+from ..core.access import may_notify, may_publish_from_api
 from ..core.errors import ValidationFailed
 from ..core.jsonenc import dumps
 from ..core.principal import Principal, require_role
-from ..core.topics import NOTIFICATION_LEVELS, RPAD_ONLY_TOPICS, SYSTEM_MESSAGE, TOPIC_RE, TYPE_RE
+from ..core.topics import (
+    NOTIFICATION_LEVELS,
+    RPAD_ONLY_TOPICS,
+    SYSTEM_MESSAGE,
+    TOPIC_NOTIFICATIONS,
+    TOPIC_RE,
+    TYPE_RE,
+)
 from ..core.validation import Fields
 from ..hub.admin import MAX_PING_USER_TIMEOUT_SECONDS, PING_USER_TIMEOUT_SECONDS
 from ..hub.server import Hub
@@ -89,9 +99,20 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
 
     # -- publishing ----------------------------------------------------------------------------
 
+    def forbidden_topic(topic: str) -> ApiError:
+        if topic in RPAD_ONLY_TOPICS:
+            return ApiError(403, "forbidden", f"only rpad itself publishes to the {topic} topic")
+        if topic == TOPIC_NOTIFICATIONS:
+            return ApiError(403, "forbidden", "only rpad and administrators publish to the "
+                            "notifications topic; send a notification with "
+                            "POST /api/v1/websocket/notify")
+        return ApiError(403, "forbidden", f"only rpad and administrators publish to the "
+                        f"{topic} topic")
+
     @app.post("/api/v1/publish")
     async def hub_publish() -> Response:
-        require_role(principal(), "service")
+        who = principal()
+        require_role(who, "service")
         body = _Body(await body_object(), ("topic", "type", "data"))
         topic = body.string("topic", required=True, pattern=TOPIC_RE,
                             what=f"must be a topic name matching {TOPIC_RE.pattern}")
@@ -100,8 +121,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         data = _json_data(body)
         body.check()
         assert topic is not None and type_ is not None
-        if topic in RPAD_ONLY_TOPICS:
-            raise ApiError(403, "forbidden", f"only rpad itself publishes to the {topic} topic")
+        if not may_publish_from_api(who, topic):
+            raise forbidden_topic(topic)
         seq, delivered = await feeds.publish(topic, type_, data)
         return json_response({"topic": topic, "type": type_, "seq": seq, "delivered": delivered})
 
@@ -155,7 +176,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
 
     @app.post("/api/v1/websocket/notify")
     async def hub_notify() -> Response:
-        require_role(principal(), "service")
+        who = principal()
+        require_role(who, "service")
         body = _Body(await body_object(), ("userId", "topic", "title", "message", "level",
                                            "actionUrl", "autoClose"))
         user_id = body.string("userId", max_chars=USER_ID_MAX_CHARS, pattern=_USER_ID_RE,
@@ -179,6 +201,9 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
             body.fail("autoClose", "must be true, false, or a number of seconds from 0 to 86400")
         body.check()
         assert title is not None and message is not None
+        if not may_notify(who, topic):
+            assert topic is not None
+            raise forbidden_topic(topic)
         note, delivered = await feeds.notify(title=title, message=message, level=level,
                                      action_url=action_url, auto_close=auto_close,
                                      user_id=user_id, topic=topic)
