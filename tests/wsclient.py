@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 import trio
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import best_match
 import trio.testing
 from trio_websocket import (
     ConnectionClosed,
@@ -26,11 +28,29 @@ from trio_websocket import (
     wrap_client_stream,
 )
 
+from rpad.api.wsschema import build_ws_schema
 from rpad.config import Config
 
 from .conftest import Running, start_daemon
 
 STALLED_RCVBUF_BYTES = 4096
+
+# Every message the hub sends in these tests must be one the shipped schema describes.
+_WS_SCHEMA = build_ws_schema()
+SERVER_MESSAGE = Draft202012Validator({"$defs": _WS_SCHEMA["$defs"],
+                                       "$ref": "#/$defs/ServerMessage"})
+
+
+def check_server_text(text: str | bytes) -> None:
+    """A text frame from the hub: each message in it (one per line when batched) must be
+    valid JSON that matches the WebSocket schema (rpad/api/wsschema.py), or the test fails
+    naming the message and what did not match."""
+    assert isinstance(text, str), f"the hub sent a binary frame: {text!r}"
+    for line in text.split("\n"):
+        msg = json.loads(line)
+        error = best_match(SERVER_MESSAGE.iter_errors(msg))
+        assert error is None, (f"the hub sent a message its schema does not describe: "
+                               f"{line[:2000]}\n{error.message} at {list(error.absolute_path)}")
 
 StartDaemon = Callable[..., Awaitable[Running]]
 
@@ -116,6 +136,19 @@ def _url(base: str, path: str | None, token: str | None) -> str:
     return url
 
 
+def _validate_received(conn: WebSocketConnection) -> None:
+    """Every message this connection reads, however a test reads it (``Ws.recv`` or
+    ``conn.get_message``), is checked against the schema first."""
+    get_message = conn.get_message
+
+    async def checked() -> str | bytes:
+        text = await get_message()
+        check_server_text(text)
+        return text
+
+    conn.get_message = checked  # type: ignore[method-assign]
+
+
 @asynccontextmanager
 async def _unwrap_rejection() -> AsyncIterator[None]:
     """A refused handshake surfaces from the connection's nursery as a group; raise the
@@ -156,6 +189,7 @@ async def _open(url: str, *, headers: list[tuple[bytes, bytes]], message_queue_s
                 nursery, stream, f"{parts.hostname}:{parts.port}", resource,
                 extra_headers=headers, message_queue_size=message_queue_size,
                 max_message_size=16 * 1024 * 1024)
+            _validate_received(conn)
             try:
                 yield conn
             finally:

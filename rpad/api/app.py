@@ -22,10 +22,11 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.times import iso
 from ..hub.server import Hub
-from . import clients, dashboard, hub_routes
+from . import clients, contract, dashboard, hub_routes
 from . import metrics as metrics_mod
 from .context import ApiContext
 from .errors import INTERNAL_ERROR_MESSAGE, error_body, error_response, json_response, translate
+from .openapi import Answer, operation
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,8 @@ def create_app(ctx: ApiContext, *, hub: Hub, metrics: metrics_mod.Metrics,
         return error_response(err)
 
     @app.get("/api/v1/health")
+    @operation("Liveness", tag="service", roles=None,
+               answer=Answer(200, "rpad is up", "Health"))
     async def health() -> Response:
         view = ctx.presence.view
         body = {
@@ -85,4 +88,5 @@ def create_app(ctx: ApiContext, *, hub: Hub, metrics: metrics_mod.Metrics,
     hub_routes.add_routes(app, ctx, hub)
     metrics_mod.add_route(app, ctx, metrics)
     dashboard.add_routes(app, lambda: ctx.config, ws_url)
+    contract.add_routes(app)  # last: it documents every route above
     return app

@@ -22,12 +22,24 @@ from .bodies import int_arg, request_body, request_json_object
 from .context import ApiContext
 from .errors import invalid_parameter, json_response, unknown_client
 from .heartbeat import handle_heartbeat
+from .openapi import ADMIN, SERVICE_UP, VIEWER_UP, Answer, Link, Param, operation
 from .security import request_peer, request_principal
 
 DEFAULT_LIST_LIMIT = 1000
 MAX_LIST_LIMIT = 10_000
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+
+# Links from an answer that names a client to what can be done with it next.
+_CLIENT_LINKS = {
+    "getClient": Link("get_client", {"clientId": "$response.body#/clientId"}),
+    "getStatus": Link("heartbeat_status", {"clientId": "$response.body#/clientId"}),
+    "getEvents": Link("client_events", {"clientId": "$response.body#/clientId"}),
+    "mintToken": Link("mint_token", {"clientId": "$response.body#/clientId"}),
+    "revokeTokens": Link("revoke_tokens", {"clientId": "$response.body#/clientId"}),
+    "removeClient": Link("delete_client", {"clientId": "$response.body#/clientId"}),
+}
+_LIMIT = {"type": "integer", "minimum": 1}
 
 
 def add_routes(app: Quart, ctx: ApiContext) -> None:
@@ -51,6 +63,15 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     # -- heartbeats ----------------------------------------------------------------------------
 
     @app.post("/api/v1/client/heartbeat")
+    @operation(
+        "Record a heartbeat", tag="heartbeats", roles=("agent", "service", "admin"),
+        description="An agent token may only beat for its own id (its `sub`). Answered once "
+                    "the heartbeat is committed to disk. `status: \"offline\"` is a clean "
+                    "shutdown: the client is offline at once.",
+        body="Heartbeat",
+        answer=Answer(200, "recorded", "HeartbeatAnswer"),
+        errors=("unknown_client", "rate_limited", "storage_unavailable"),
+        links={200: {k: _CLIENT_LINKS[k] for k in ("getStatus", "getClient", "getEvents")}})
     async def heartbeat() -> Response:
         # The same implementation as the ASGI fast path (rpad.api.heartbeat), which normally
         # answers this route before Quart sees it (http.fast_path = false routes it here).
@@ -60,6 +81,13 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         return json_response(body, status, headers)
 
     @app.post("/api/v1/client/heartbeats")
+    @operation(
+        "Record a batch of heartbeats", tag="heartbeats", roles=SERVICE_UP,
+        description=f"At most {MAX_BATCH_HEARTBEATS} heartbeats (gateways), committed "
+                    "together; each item is validated and answered on its own.",
+        body="HeartbeatBatch",
+        answer=Answer(200, "one result per heartbeat, in order", "HeartbeatBatchAnswer"),
+        errors=("storage_unavailable",))
     async def heartbeats() -> Response:
         require_role(principal(), "service")
         items = (await body_object()).get("heartbeats")
@@ -75,6 +103,10 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         return json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
 
     @app.get("/api/v1/client/heartbeat/status/<client_id>")
+    @operation("Read one client's state", tag="heartbeats",
+               roles=("agent", "viewer", "service", "admin"),
+               description="An agent token may only read its own client.",
+               answer=Answer(200, "the client view", "ClientView"), errors=("unknown_client",))
     async def heartbeat_status(client_id: str) -> Response:
         p = principal()
         cid = client_id_from_path(client_id)
@@ -89,6 +121,19 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     # -- clients -------------------------------------------------------------------------------
 
     @app.get("/api/v1/clients")
+    @operation(
+        "List clients", tag="clients", roles=VIEWER_UP,
+        description="Sorted by id. `total` counts every match; `counts` the matches of `q` "
+                    "and `tag` by status, whatever `status` asks.",
+        query=(Param("status", "only clients in this state", {"enum": list(STATUSES)}),
+               Param("q", "a case-insensitive substring of the id, name, IP address, version "
+                          "or a tag", {"type": "string"}),
+               Param("tag", "an exact tag", {"type": "string"}),
+               Param("limit", "page size", {**_LIMIT, "maximum": MAX_LIST_LIMIT,
+                                            "default": DEFAULT_LIST_LIMIT}),
+               Param("offset", "clients to skip", {"type": "integer", "minimum": 0,
+                                                   "maximum": 10**9, "default": 0})),
+        answer=Answer(200, "a page of clients", "ClientPage"))
     async def list_clients() -> Response:
         require_role(principal(), "viewer")
         args = request.args
@@ -109,6 +154,15 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         })
 
     @app.post("/api/v1/clients")
+    @operation(
+        "Register a client", tag="clients", roles=ADMIN,
+        description="Registers a client or updates its registration (a new name, tags, "
+                    "timeout or metadata).",
+        body="Registration",
+        answer=(Answer(201, "registered", "ClientView"),
+                Answer(200, "it was registered already: updated", "ClientView")),
+        errors=("storage_unavailable",),
+        links={201: _CLIENT_LINKS, 200: _CLIENT_LINKS})
     async def register_client() -> Response:
         require_role(principal(), "admin")
         reg = parse_registration(await body_object())
@@ -116,6 +170,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         return json_response(view, 201 if created else 200)
 
     @app.get("/api/v1/clients/<client_id>")
+    @operation("Read one client", tag="clients", roles=VIEWER_UP,
+               answer=Answer(200, "the client view", "ClientView"), errors=("unknown_client",))
     async def get_client(client_id: str) -> Response:
         require_role(principal(), "viewer")
         client = presence.view.get(known_client(client_id))
@@ -123,12 +179,22 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         return json_response(presence.view.view(client))
 
     @app.delete("/api/v1/clients/<client_id>")
+    @operation("Remove a client", tag="clients", roles=ADMIN,
+               description="Announced as CLIENT_REMOVED on the client_status topic.",
+               answer=Answer(200, "removed", "Removed"),
+               errors=("unknown_client", "storage_unavailable"))
     async def delete_client(client_id: str) -> Response:
         require_role(principal(), "admin")
         view = await presence.remove(known_client(client_id))
         return json_response({"removed": True, "client": view})
 
     @app.get("/api/v1/clients/<client_id>/events")
+    @operation("Read a client's status history", tag="clients", roles=VIEWER_UP,
+               description="Newest first: when it went online or offline, and why.",
+               query=(Param("limit", "how many events", {
+                   **_LIMIT, "maximum": MAX_EVENTS_LIMIT, "default": DEFAULT_EVENTS_LIMIT}),),
+               answer=Answer(200, "the history", "StatusHistory"),
+               errors=("unknown_client", "storage_unavailable"))
     async def client_events(client_id: str) -> Response:
         require_role(principal(), "viewer")
         cid = known_client(client_id)
@@ -144,13 +210,23 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     # -- agent tokens --------------------------------------------------------------------------
 
     @app.post("/api/v1/clients/<client_id>/tokens")
+    @operation("Mint an agent token", tag="tokens", roles=ADMIN,
+               description="A token for the client's agent. With manual registration the "
+                           "client must be registered.",
+               body="TokenRequest", body_required=False,
+               answer=Answer(201, "the token", "AgentToken"), errors=("unknown_client",))
     async def mint_token(client_id: str) -> Response:
         require_role(principal(), "admin")
         cid = client_id_from_path(client_id)
         if presence.view.get(cid) is None and ctx.config.presence.registration == "manual":
             raise unknown_client()
         ttl: float | None = None
-        raw = (await body_object(allow_empty=True)).get("ttl")
+        body = await body_object(allow_empty=True)
+        unknown = [str(k)[:64] for k in body if k != "ttl"]
+        if unknown:
+            raise ValidationFailed([{"field": k, "message": "is not a known field (ttl)"}
+                                    for k in unknown])
+        raw = body.get("ttl")
         if raw is not None:
             try:
                 if not isinstance(raw, str):
@@ -168,6 +244,10 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         }, 201)
 
     @app.delete("/api/v1/clients/<client_id>/tokens")
+    @operation("Revoke a client's agent tokens", tag="tokens", roles=ADMIN,
+               description="Every agent token minted for the client so far stops working "
+                           "(durably: registering the id again does not revive them).",
+               answer=Answer(200, "revoked", "Revoked"), errors=("storage_unavailable",))
     async def revoke_tokens(client_id: str) -> Response:
         require_role(principal(), "admin")
         cid = client_id_from_path(client_id)

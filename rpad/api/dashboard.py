@@ -34,6 +34,7 @@ from .. import __version__
 from ..config import Config
 from ..core.proxy import forwarded_origin
 from .errors import ApiError, json_response
+from .openapi import Answer, Param, operation
 
 CONTENT_TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -131,14 +132,29 @@ def add_routes(app: Quart, config: Callable[[], Config], ws_url: Callable[[], st
         return resp
 
     @app.get("/")
+    @operation("The dashboard", tag="service", roles=None,
+               description="The page asks for a token (any role from viewer up) and talks "
+                           "to the WebSocket hub.",
+               answer=(Answer(200, "the page", {"type": "string"}, "text/html; charset=utf-8",
+                              {"ETag": "the page's version"}),
+                       Answer(304, "unchanged since If-None-Match")))
     async def dashboard_index() -> Response:
         return serve(INDEX)
 
     @app.get("/static/<path:name>", merge_slashes=False)
+    @operation("The dashboard's files", tag="service", roles=None,
+               description="Only the files shipped in the package, by exact name "
+                           f"({', '.join(sorted(files))}).",
+               path=(Param("name", "a file's name", {"enum": sorted(files)}, "path", True),),
+               answer=(Answer(200, "the file", {"type": "string"}, "*/*",
+                              {"ETag": "the file's version"}),
+                       Answer(304, "unchanged since If-None-Match")))
     async def dashboard_static(name: str) -> Response:
         return serve(name)
 
     @app.get("/api/v1/dashboard-config")
+    @operation("Where the dashboard finds the hub", tag="service", roles=None,
+               answer=Answer(200, "the hub's URL for this page", "DashboardConfig"))
     async def dashboard_config() -> Response:
         cfg = config()
         host, secure = forwarded_origin(

@@ -36,6 +36,8 @@ from ..hub.server import Hub
 from .bodies import request_json_object
 from .context import ApiContext
 from .errors import ApiError, json_response
+from .openapi import ADMIN, SERVICE_UP, Answer, Param, operation
+from .schemas import PING_TIMEOUT
 from .security import request_principal
 
 USER_ID_MAX_CHARS = 128
@@ -110,6 +112,11 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
                         f"{topic} topic")
 
     @app.post("/api/v1/publish")
+    @operation("Publish an app event to a topic", tag="websocket", roles=SERVICE_UP,
+               description="Subscribers of the topic get `{type, topic, seq, ts, data}`. The "
+                           "topics rpad itself feeds (client_status, heartbeat, servers, "
+                           "stats) refuse outside messages (403).",
+               body="Publication", answer=Answer(200, "published", "Published"))
     async def hub_publish() -> Response:
         who = principal()
         require_role(who, "service")
@@ -129,17 +136,23 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     # -- reading -------------------------------------------------------------------------------
 
     @app.get("/api/v1/websocket/stats")
+    @operation("The hub's counters", tag="websocket", roles=ADMIN,
+               answer=Answer(200, "the counters", "HubStats"))
     async def hub_stats() -> Response:
         require_role(principal(), "admin")
         return json_response(admin.stats())
 
     @app.get("/api/v1/websocket/connections")
+    @operation("Every WebSocket connection", tag="websocket", roles=ADMIN,
+               answer=Answer(200, "the connections", "Connections"))
     async def hub_connections() -> Response:
         require_role(principal(), "admin")
         conns = admin.connections()
         return json_response({"connections": conns, "total": len(conns)})
 
     @app.get("/api/v1/websocket/users/<user_id>/connections")
+    @operation("One user's WebSocket connections", tag="websocket", roles=ADMIN,
+               answer=Answer(200, "the user's connections", "UserConnections"))
     async def hub_user_connections(user_id: str) -> Response:
         require_role(principal(), "admin")
         uid = path_user(user_id)
@@ -147,12 +160,17 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         return json_response({"userId": uid, "connections": conns, "total": len(conns)})
 
     @app.get("/api/v1/websocket/online-users")
+    @operation("The users with an open connection", tag="websocket", roles=ADMIN,
+               answer=Answer(200, "the users", "OnlineUsers"))
     async def hub_online_users() -> Response:
         require_role(principal(), "admin")
         users = admin.online_users()
         return json_response({"users": users, "total": len(users)})
 
     @app.get("/api/v1/websocket/health")
+    @operation("The hub's health", tag="websocket", roles=None,
+               answer=(Answer(200, "accepting connections", "HubHealth"),
+                       Answer(503, "shutting down", "HubHealth")))
     async def hub_health() -> Response:
         body = admin.health()
         return json_response(body, 200 if body["accepting"] else 503)
@@ -160,6 +178,9 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     # -- acting --------------------------------------------------------------------------------
 
     @app.post("/api/v1/websocket/broadcast")
+    @operation("Broadcast to every connection", tag="websocket", roles=ADMIN,
+               description="On the system topic, which every connection holds.",
+               body="BroadcastRequest", answer=Answer(200, "broadcast", "Broadcast"))
     async def hub_broadcast() -> Response:
         require_role(principal(), "admin")
         body = _Body(await body_object(), ("type", "data"))
@@ -175,6 +196,10 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
                               "delivered": delivered})
 
     @app.post("/api/v1/websocket/notify")
+    @operation("Send a notification", tag="websocket", roles=SERVICE_UP,
+               description="To every connection of one user (`userId`), to a topic (`topic`), "
+                           "or else to the notifications topic.",
+               body="NotifyRequest", answer=Answer(200, "sent", "Notified"))
     async def hub_notify() -> Response:
         who = principal()
         require_role(who, "service")
@@ -212,6 +237,9 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         return json_response({"notification": note, **where, "delivered": delivered})
 
     @app.post("/api/v1/websocket/users/disconnect")
+    @operation("Disconnect a user", tag="websocket", roles=ADMIN,
+               description="Closes every connection of the user with 4010.",
+               body="DisconnectRequest", answer=Answer(200, "disconnected", "Disconnected"))
     async def hub_disconnect_user() -> Response:
         require_role(principal(), "admin")
         body = _Body(await body_object(), ("userId", "reason"))
@@ -224,6 +252,9 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         return json_response({"userId": user_id, "disconnected": n})
 
     @app.post("/api/v1/websocket/ping/<user_id>")
+    @operation("Ping a user's connections", tag="websocket", roles=ADMIN,
+               query=(Param("timeoutSeconds", "how long to wait for each pong", PING_TIMEOUT),),
+               answer=Answer(200, "round trips", "PingResults"), errors=("not_connected",))
     async def hub_ping_user(user_id: str) -> Response:
         require_role(principal(), "admin")
         uid = path_user(user_id)

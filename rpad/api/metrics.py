@@ -48,6 +48,7 @@ from ..core.model import (
 from ..core.principal import require_role
 from ..service.presence import Presence
 from .context import ApiContext
+from .openapi import VIEWER_UP, Answer, operation
 from .security import request_principal
 
 log = logging.getLogger(__name__)
@@ -274,6 +275,11 @@ def add_route(app: Quart, ctx: ApiContext, metrics: Metrics) -> None:
     """Register ``GET /metrics`` on the app (errors go through the app's JSON handler)."""
 
     @app.get(METRICS_PATH)
+    @operation("Prometheus metrics", tag="service", roles=VIEWER_UP,
+               description="The Prometheus text exposition (OpenMetrics when `Accept` asks "
+                           "for it). No token is needed when `metrics.public = true`.",
+               answer=Answer(200, "the metrics", {"type": "string"},
+                             content_type="text/plain; version=0.0.4; charset=utf-8"))
     async def metrics_endpoint() -> Response:
         if not ctx.config.metrics.public:
             require_role(request_principal(ctx), "viewer")

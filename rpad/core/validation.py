@@ -208,6 +208,8 @@ def parse_client_id(value: Any, fields: Fields, name: str, alias: str | None) ->
     if isinstance(value, bool):
         fields.fail(name, "must be a string or an integer, got a boolean")
         return None
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        value = int(value)  # 1103.0 is the JSON number 1103 (as JSON Schema counts it)
     if isinstance(value, int):
         if value < 0:
             fields.fail(name, "must not be negative")
