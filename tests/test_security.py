@@ -19,7 +19,9 @@ __all__ = ["daemons"]  # the fixture
 MAX_FAILURES = 3
 # Routes anyone may call.
 OPEN = {"/", "/static/<path:name>", "/api/v1/health", "/api/v1/websocket/health",
-        "/api/v1/dashboard-config"}
+        "/api/v1/dashboard-config",
+        # The API's documents (rpad/api/contract.py).
+        "/api/v1/openapi.json", "/api/v1/websocket/schema.json", "/api/v1/docs"}
 
 
 def authenticated_routes(app: object) -> list[tuple[str, str]]:
