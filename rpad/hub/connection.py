@@ -164,16 +164,16 @@ class Connection:
         if self.timer_scope is not None:
             self.timer_scope.cancel()  # the timer re-reads the deadline
 
-    async def serve(self) -> None:
-        """Run the reader, the writer and the timer until the connection is closed."""
-        async with trio.open_nursery() as nursery:
-            self.scope = nursery.cancel_scope
-            self.nursery = nursery
-            if self.close_code is not None:  # closed before its tasks started
-                nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_SECONDS
-            nursery.start_soon(self._writer)
-            nursery.start_soon(self._reader)
-            nursery.start_soon(self._timer)
+    def start(self, nursery: trio.Nursery) -> None:
+        """Start the reader, the writer and the timer in ``nursery``, the connection's own
+        (its cancel scope is the connection's: the writer cancels it once closed)."""
+        self.scope = nursery.cancel_scope
+        self.nursery = nursery
+        if self.close_code is not None:  # closed before its tasks started
+            nursery.cancel_scope.deadline = trio.current_time() + CLOSE_TIMEOUT_SECONDS
+        nursery.start_soon(self._writer)
+        nursery.start_soon(self._reader)
+        nursery.start_soon(self._timer)
 
     # -- the writer ----------------------------------------------------------------------------
 
@@ -181,7 +181,9 @@ class Connection:
         box = self.outbox
         try:
             while True:
-                texts = await box.take()
+                texts = box.take_nowait()
+                if texts is None:
+                    texts = box.gather(await box.receive())
                 if box.batch:
                     box.writing = True
                     try:

@@ -21,12 +21,13 @@ time a write takes. ``dirty``: the connection is in the flusher's list; ``flushe
 last got a frame (trio time).
 
 Error handling: after :meth:`close`, offers are accepted and dropped (the connection is going),
-and the writer's :meth:`take` ends with ``trio.EndOfChannel``.
+and the writer's next take ends with ``trio.EndOfChannel``.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Awaitable
 
 import trio
 
@@ -153,17 +154,27 @@ class Outbox:
 
     # -- the writer ----------------------------------------------------------------------------
 
-    async def take(self) -> list[str]:
-        """The next texts to write, in queue order: a side slot when the queue has run dry,
-        else the next item and whatever else is queued now (up to about ``frame_chars``);
-        superseded slots give nothing. Raises trio.EndOfChannel once closed."""
+    def take_nowait(self) -> list[str] | None:
+        """The next texts to write, in queue order, if any are waiting: a side slot when the
+        queue has run dry, else the next item and whatever else is queued now (up to about
+        ``frame_chars``); None when nothing waits. Raises trio.EndOfChannel once closed."""
         try:
             item = self._recv.receive_nowait()
         except trio.WouldBlock:
             if self._deferred:
                 _, text = self._deferred.popitem()
                 return [text]
-            item = await self._recv.receive()
+            return None
+        return self.gather(item)
+
+    def receive(self) -> Awaitable[_Item]:
+        """Wait for the next item (the writer, when :meth:`take_nowait` found nothing; the
+        channel's own coroutine, so an idle writer holds no frame of ours)."""
+        return self._recv.receive()
+
+    def gather(self, item: _Item) -> list[str]:
+        """``item`` and whatever else is queued now, as texts; superseded slots give
+        nothing."""
         texts: list[str] = []
         size = 0
         while True:

@@ -252,7 +252,8 @@ class Hub:
         log.debug("WebSocket %s opened: user %s (%s) from %s", c.id, c.user_id, principal.role,
                   address)
         try:
-            await c.serve()
+            async with trio.open_nursery() as nursery:
+                c.start(nursery)
         except Exception:
             c.close(CLOSE_INTERNAL_ERROR, "internal error")
             raise
