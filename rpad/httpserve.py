@@ -45,6 +45,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 from hypercorn.utils import repr_socket_addr, wrap_app
 
+from .core.proxy import client_address
 from .listeners import (
     BODY_TIMEOUT,
     Conn,
@@ -55,7 +56,6 @@ from .listeners import (
     reset_ticket,
     set_ticket,
 )
-from .proxy import client_address
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 
