@@ -44,6 +44,25 @@ class HttpConfig:
     fast_path: bool = True
     # Reverse proxies (IP addresses) whose X-Forwarded-For/-Host/-Proto headers are believed.
     trusted_proxies: list[str] = attrs.Factory(list)
+    # Connections this listener holds at most; at the cap the oldest one that has not sent its
+    # request (then the longest-idle keep-alive one) is cut to make room, else the newcomer is
+    # refused (503).
+    max_connections: int = 1024
+    # Connections from one client address (an IPv6 address by its /64; behind a trusted proxy,
+    # requests per forwarded address) that have not authenticated and are not idle; beyond it
+    # new ones are refused (429).
+    max_connections_per_address: int = 32
+    # A request head must be complete this long after the connection was accepted, or after the
+    # first byte of a later request on a kept-alive connection.
+    header_timeout_seconds: float = 10.0
+    # An idle connection between requests is closed after this long.
+    keep_alive_timeout_seconds: float = 75.0
+    # A request body may take this long plus one second per min_body_bytes_per_second received;
+    # slower, it is answered 408.
+    body_timeout_seconds: float = 10.0
+    min_body_bytes_per_second: float = 1024.0
+    # The peer must take each 64 KiB of a response within this long, or the connection is cut.
+    send_timeout_seconds: float = 30.0
 
 
 @attrs.frozen
@@ -60,6 +79,15 @@ class WebSocketConfig:
     auth_timeout_seconds: float = 10.0
     queue_size: int = 256
     history_size: int = 1000
+    # Connections the hub holds at most (established ones included); beyond, new ones are
+    # refused (503).
+    max_connections: int = 2048
+    # Connections from one client address (behind a trusted proxy: per forwarded address)
+    # still handshaking or authenticating; beyond, new ones are refused (429).
+    max_connections_per_address: int = 32
+    # The handshake (the HTTP upgrade request) must be complete this long after the connection
+    # was accepted.
+    handshake_timeout_seconds: float = 10.0
 
 
 @attrs.frozen
@@ -354,9 +382,14 @@ def validate(cfg: Config) -> None:
             p.append(f"http.trusted_proxies[{i}]: {proxy!r} is not an IP address")
     if cfg.http.graceful_timeout_seconds < 0:
         p.append("http.graceful_timeout_seconds: must not be negative")
+    for key in ("max_connections", "max_connections_per_address", "header_timeout_seconds",
+                "keep_alive_timeout_seconds", "body_timeout_seconds", "min_body_bytes_per_second",
+                "send_timeout_seconds"):
+        positive(f"http.{key}", getattr(cfg.http, key))
     ws = cfg.websocket
     for key in ("max_connections_per_user", "ping_interval_seconds", "pong_timeout_seconds",
-                "max_message_bytes", "auth_timeout_seconds", "queue_size", "history_size"):
+                "max_message_bytes", "auth_timeout_seconds", "queue_size", "history_size",
+                "max_connections", "max_connections_per_address", "handshake_timeout_seconds"):
         positive(f"websocket.{key}", getattr(ws, key))
     if ws.public_url and not re.match(r"wss?://", ws.public_url):
         p.append(f"websocket.public_url: must start with ws:// or wss://, got {ws.public_url!r}")

@@ -25,7 +25,6 @@ from typing import Any
 import attrs
 import trio
 from hypercorn.config import Config as HyperConfig
-from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__, logs
 from . import config as config_mod
@@ -38,11 +37,13 @@ from .backend.local.broker import LocalBroker
 from .backend.local.failures import LocalFailureCounter
 from .backend.local.presence import LocalPresence
 from .backend.local.store import Store
-from .config import Config, ConfigError
+from .config import Config, ConfigError, HttpConfig
 from .core.registry import Registry
+from .httpserve import BodyLimits, RequestGuard, hypercorn_config, serve_http
 from .hub.codes import HubCounters
 from .hub.fanout import Fanout
 from .hub.server import Hub
+from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
 from .service.feeds import Feeds
 from .service.gate import Gate
@@ -99,22 +100,17 @@ class Daemon:
         self.failures: LocalFailureCounter
         self.server_list: ServerListPusher
         self.stats_pusher: StatsPusher
+        # The listeners' connection gates (rpad.listeners), and Hypercorn's settings.
+        self.http_gate = ConnectionGate("http", http_limits(config.http),
+                                        config.http.trusted_proxies)
+        self.ws_gate: ConnectionGate | None = None
+        self.hyper: HyperConfig | None = None
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
         self._stop.set()
 
     # -- building the parts --------------------------------------------------------------------
-
-    def _hypercorn_config(self) -> HyperConfig:
-        hc = HyperConfig()
-        hc.bind = [self.config.http.listen]
-        hc.graceful_timeout = self.config.http.graceful_timeout_seconds
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("hypercorn.error")
-        hc.include_server_header = False
-        hc.keep_alive_timeout = 75
-        return hc
 
     async def run(self, *, task_status: trio.TaskStatus[Listening] = trio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -167,13 +163,15 @@ class Daemon:
         hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
                              counters=counters, wall_clock=self.wall_clock,
                              trusted_proxies=frozenset(cfg.http.trusted_proxies))
+        self.ws_gate = hub.listener_gate
         # The state topics exist before the hub accepts anyone.
         self.server_list = ServerListPusher(fanout, registry,
                                             lambda: self.config.push.interval_seconds,
                                             mode=lambda: self.config.push.mode)
         self.stats_pusher = StatsPusher(fanout, hub.admin.stats,
                                         lambda: self.config.push.stats_interval_seconds)
-        self.metrics.collect(self.presence, storage=store, hub=hub.admin, alerts=self.alerts)
+        self.metrics.collect(self.presence, storage=store, hub=hub.admin, alerts=self.alerts,
+                             listeners=(self.http_gate, hub.listener_gate))
         self.api = ApiContext(config=cfg, presence=self.presence, gate=gate, auth=self.auth,
                               feeds=feeds, epoch=self.epoch, started_at=time.monotonic(),
                               extra_health=lambda: {"websocket": hub.admin.health()})
@@ -193,24 +191,34 @@ class Daemon:
         if view.grace_until:
             log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
 
+        ensure_file_limit(cfg.http.max_connections + cfg.websocket.max_connections,
+                          "http.max_connections + websocket.max_connections")
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.run)
             await nursery.start(self.broker.run)
             async with trio.open_nursery() as services:
                 http_done = trio.Event()
 
-                async def serve_http(task_status: trio.TaskStatus[list[str]]) -> None:
+                async def run_http(task_status: trio.TaskStatus[list[str]]) -> None:
                     try:
                         asgi: Any = (HeartbeatFastPath(self.app, self.api) if cfg.http.fast_path
                                      else self.app)
                         asgi = ReadBodyFirst(asgi, lambda: self.config.http.max_body_bytes)
-                        await hypercorn_serve(asgi, self._hypercorn_config(),
-                                              shutdown_trigger=self._stop.wait,
-                                              task_status=task_status)
+                        asgi = RequestGuard(asgi, self.http_gate, lambda: BodyLimits(
+                            self.config.http.body_timeout_seconds,
+                            self.config.http.min_body_bytes_per_second))
+                        self.hyper = hypercorn_config(
+                            cfg.http.listen,
+                            graceful_timeout_seconds=cfg.http.graceful_timeout_seconds,
+                            keep_alive_timeout_seconds=cfg.http.keep_alive_timeout_seconds)
+                        await serve_http(asgi, self.hyper, self.http_gate,
+                                         send_timeout=lambda: self.config.http.send_timeout_seconds,
+                                         shutdown_trigger=self._stop.wait,
+                                         task_status=task_status)
                     finally:
                         http_done.set()
 
-                binds = await services.start(serve_http)
+                binds = await services.start(run_http)
                 self.http_url = binds[0]
                 self.ws_url = await services.start(hub.run)
                 # The periodic tasks, in one scope so that shutdown can stop them first.
@@ -314,6 +322,11 @@ class Daemon:
             self.alerts.reconfigure(new.alerts)
         if self.hub is not None:
             self.hub.reconfigure(new.websocket, frozenset(new.http.trusted_proxies))
+        # Caps apply to the next connection, timeouts to the next deadline.
+        self.http_gate.limits = http_limits(new.http)
+        self.http_gate.trusted_proxies = frozenset(new.http.trusted_proxies)
+        if self.hyper is not None:
+            self.hyper.keep_alive_timeout = new.http.keep_alive_timeout_seconds
 
     def _status_line(self) -> str:
         if self.presence is None:
@@ -337,7 +350,16 @@ class Daemon:
 
 # Settings bound at start-up: a reload keeps their running values and says so.
 RESTART_KEYS = ("state_dir", "http.listen", "http.graceful_timeout_seconds", "http.fast_path",
-                "websocket.listen", "websocket.max_message_bytes", "storage.path")
+                "websocket.listen", "websocket.max_message_bytes",
+                "websocket.handshake_timeout_seconds", "storage.path")
+
+
+def http_limits(http: HttpConfig) -> Limits:
+    """The HTTP listener's caps: agents open a connection per heartbeat, so at the cap the
+    oldest connection that has not sent its request (then the longest-idle one) makes room."""
+    return Limits(max_connections=http.max_connections,
+                  max_connections_per_address=http.max_connections_per_address,
+                  head_timeout_seconds=http.header_timeout_seconds, evict=True)
 
 
 def _get(cfg: Any, dotted: str) -> Any:

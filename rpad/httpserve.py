@@ -58,6 +58,10 @@ from .listeners import (
 )
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
+# Connections the kernel queues until rpad accepts them (Hypercorn's default is 100: a fleet
+# reconnecting at once would see its SYNs dropped and retried seconds later). Linux caps it at
+# net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 
 
 @attrs.frozen
@@ -186,6 +190,7 @@ def hypercorn_config(listen: str, *, graceful_timeout_seconds: float,
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.include_server_header = False
+    hc.backlog = LISTEN_BACKLOG
     return hc
 
 

@@ -50,10 +50,12 @@ import json
 import logging
 import math
 import os
+import resource
 import socket
 import struct
 from collections import Counter
 from collections.abc import Callable, Collection
+from typing import Any
 
 import attrs
 import trio
@@ -77,8 +79,12 @@ BODY_TIMEOUT = "body_timeout"
 CUT_REASONS = (EVICTED, HEAD_TIMEOUT, SEND_TIMEOUT, BODY_TIMEOUT)
 
 REFUSAL_LOG_INTERVAL_SECONDS = 60.0
+REFUSAL_DRAIN_BYTES = 64 * 1024
 # An IPv6 client counts by this prefix: a single host commonly holds a whole /64.
 IPV6_PREFIX_LENGTH = 64
+# File descriptors kept beside the listeners' connections: the listening sockets, SQLite and
+# its WAL, outgoing alert connections, logs, and a margin.
+SPARE_FILE_DESCRIPTORS = 256
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
@@ -106,6 +112,24 @@ def address_key(host: str) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, IPV6_PREFIX_LENGTH), strict=False))
     return str(ip)
+
+
+def ensure_file_limit(connections: int, what: str) -> int:
+    """Raise this process's soft limit on open files (up to the hard limit) so that
+    ``connections`` sockets plus ``SPARE_FILE_DESCRIPTORS`` fit; returns the soft limit. If
+    the hard limit is lower, say so (``what`` names the settings): past it, accepting fails
+    and connections wait in the kernel's queue instead of being refused cheaply."""
+    needed = connections + SPARE_FILE_DESCRIPTORS
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        target = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        if target > soft:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        log.warning("the open-file limit (%d) is below %s plus %d; raise LimitNOFILE "
+                    "(ulimit -n) or lower the caps", soft, what, SPARE_FILE_DESCRIPTORS)
+    return soft
 
 
 def _normal(host: str) -> str:
@@ -252,8 +276,15 @@ class ConnectionGate:
         self._unlogged[reason] += 1
         if reason == PER_ADDRESS:
             self._unlogged_example = key
+        fd = sock.fileno()
         try:
-            os.write(sock.fileno(), response)  # non-blocking: whatever fits, or nothing
+            # What the peer has sent already is read (and dropped), so that the close is a
+            # FIN after the response rather than a reset that could discard it; non-blocking.
+            os.read(fd, REFUSAL_DRAIN_BYTES)
+        except OSError:
+            pass
+        try:
+            os.write(fd, response)  # non-blocking: whatever fits, or nothing
         except OSError:
             pass
         sock.close()
@@ -437,9 +468,11 @@ class ConnectionGate:
                 await trio.sleep_forever()
             self._wake = None
 
-    def snapshot(self) -> dict[str, object]:
-        """For /metrics: open connections by phase, and the counters."""
+    def snapshot(self) -> dict[str, Any]:
+        """For /metrics: open connections by phase, the caps, and the counters."""
         return {"phases": self.phases(), "accepted": self.accepted,
+                "limits": {"max_connections": self.limits.max_connections,
+                           "max_connections_per_address": self.limits.max_connections_per_address},
                 "refused": dict(self.refused), "cut": dict(self.cut)}
 
 

@@ -38,6 +38,7 @@ from rpad.listeners import (
 TIMEOUT = 30
 HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 BIG_RESPONSE_BYTES = 32 * 1024 * 1024
+BODY_LIMITS = BodyLimits(10.0, 1000.0)
 
 
 class App:
@@ -90,7 +91,7 @@ def limits(**over: Any) -> Limits:
 
 @asynccontextmanager
 async def http_server(lim: Limits, *, trusted: tuple[str, ...] = (),
-                      body: BodyLimits = BodyLimits(10.0, 1000.0),
+                      body: BodyLimits = BODY_LIMITS,
                       send_timeout: float = 30.0, keep_alive: float = 75.0
                       ) -> AsyncIterator[Server]:
     gate = ConnectionGate("http", lim, trusted)
@@ -414,8 +415,8 @@ async def test_refusals_are_logged_at_most_once_a_minute(
         for _ in range(5):
             await read_until_closed(await connect(srv.port, "127.0.0.2"))
         lines = [r.getMessage() for r in caplog.records]
-        assert lines == ["http: refused 1 over the per-address cap of 1 (for example from "
-                         "127.0.0.2)"]
+        assert lines == [("http: refused 1 over the per-address cap of 1 (for example from "
+                         "127.0.0.2)")]
         await trio.sleep(59.0)
         assert len(caplog.records) == 1
         await trio.sleep(1.5)

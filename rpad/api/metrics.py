@@ -82,6 +82,15 @@ class AlertStats(Protocol):
     def stats(self) -> list[dict[str, Any]]: ...
 
 
+class ListenerStats(Protocol):
+    """What the metrics read from a listener's connection gate
+    (:class:`rpad.listeners.ConnectionGate`)."""
+
+    name: str
+
+    def snapshot(self) -> Mapping[str, Any]: ...
+
+
 class StorageStats(Protocol):
     """What the metrics read from the store (successful and failed group commits)."""
 
@@ -138,9 +147,11 @@ class Metrics:
         GCCollector(registry=self.registry)
 
     def collect(self, presence: Presence, *, storage: StorageStats | None = None,
-                hub: HubStats | None = None, alerts: AlertStats | None = None) -> None:
+                hub: HubStats | None = None, alerts: AlertStats | None = None,
+                listeners: Iterable[ListenerStats] = ()) -> None:
         """Read these parts' counters at every scrape from now on."""
-        self.registry.register(RpadCollector(self, presence, storage, hub, alerts))
+        self.registry.register(RpadCollector(self, presence, storage, hub, alerts,
+                                             tuple(listeners)))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for (Prometheus text 0.0.4 by
@@ -163,12 +174,14 @@ class RpadCollector(Collector):
     """Reads the daemon's own counters at scrape time."""
 
     def __init__(self, metrics: Metrics, presence: Presence, storage: StorageStats | None,
-                 hub: HubStats | None, alerts: AlertStats | None) -> None:
+                 hub: HubStats | None, alerts: AlertStats | None,
+                 listeners: tuple[ListenerStats, ...] = ()) -> None:
         self.m = metrics
         self.presence = presence
         self.storage = storage
         self.hub = hub
         self.alerts = alerts
+        self.listeners = listeners
 
     def collect(self) -> Iterable[Metric]:
         m = self.m
@@ -205,11 +218,46 @@ class RpadCollector(Collector):
                                       "Failed SQLite group commits (retried with the next batch).",
                                       value=s.commit_failures)
 
-        # -- hub and alerts --------------------------------------------------------------------
+        # -- listeners, hub and alerts ---------------------------------------------------------
+        if self.listeners:
+            yield from _listener_families(self.listeners)
         if self.hub is not None:
             yield from _hub_families(self.hub.metrics_snapshot())
         if self.alerts is not None:
             yield from _alert_families(self.alerts.stats())
+
+
+def _listener_families(gates: Iterable[ListenerStats]) -> Iterable[Metric]:
+    """From each gate's snapshot: ``phases`` ({phase: n}), ``limits`` (max_connections,
+    max_connections_per_address), ``accepted``, ``refused`` ({reason: n}), ``cut``
+    ({reason: n})."""
+    open_ = GaugeMetricFamily("rpad_listener_connections",
+                              "Open connections by listener and phase (pending: request head or "
+                              "handshake not complete; busy; idle: keep-alive; established: an "
+                              "authenticated WebSocket).", labels=["listener", "phase"])
+    cap = GaugeMetricFamily("rpad_listener_max_connections",
+                            "The listener's cap on open connections.", labels=["listener"])
+    accepted = CounterMetricFamily("rpad_listener_connections_accepted",
+                                   "Connections admitted by the listener.", labels=["listener"])
+    refused = CounterMetricFamily(
+        "rpad_listener_connections_refused",
+        "Connections (and requests forwarded by a trusted proxy) refused: over the per-address "
+        "cap (429) or the listener's cap (503).", labels=["listener", "reason"])
+    cut = CounterMetricFamily(
+        "rpad_listener_connections_cut",
+        "Connections cut by rpad: evicted to make room, request head or handshake too late, "
+        "a peer that stopped reading, a body too slow (408).", labels=["listener", "reason"])
+    for gate in gates:
+        snap = gate.snapshot()
+        for phase, n in snap["phases"].items():
+            open_.add_metric([gate.name, phase], n)
+        cap.add_metric([gate.name], snap["limits"]["max_connections"])
+        accepted.add_metric([gate.name], snap["accepted"])
+        for reason, n in sorted(snap["refused"].items()):
+            refused.add_metric([gate.name, reason], n)
+        for reason, n in sorted(snap["cut"].items()):
+            cut.add_metric([gate.name, reason], n)
+    yield from (open_, cap, accepted, refused, cut)
 
 
 def _hub_families(snap: Mapping[str, Any]) -> Iterable[Metric]:

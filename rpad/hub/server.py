@@ -1,7 +1,12 @@
 """The WebSocket hub (SPEC §5): the listener, the handshake, authentication and limits.
 
-One ``trio_websocket.serve_websocket`` listener on ``websocket.listen``, paths ``/ws`` and
-``/api/v1/client/ws``. An accepted, authenticated connection becomes a
+One trio-websocket server on ``websocket.listen``, paths ``/ws`` and ``/api/v1/client/ws``, over
+a guarded listener (:mod:`rpad.listeners`): connections per address (the forwarded address
+behind a trusted proxy, attributed as the handshake is read) and in all are capped, and the
+handshake must be complete within ``websocket.handshake_timeout_seconds``. A connection is
+established once authenticated: no longer counted against its address. A refused handshake
+(404 unknown path, 429 too many from this address) gets rpad's JSON error and its socket is
+closed at once (trio-websocket would otherwise keep it until the peer hangs up). An accepted, authenticated connection becomes a
 :class:`~rpad.hub.connection.Connection` with its own reader, writer and keepalive timer; its
 messages are handled by the actions of :mod:`rpad.hub.actions`; what it subscribes to is
 delivered by :mod:`rpad.hub.fanout`; sequence numbers, history and messages to users across
@@ -33,7 +38,6 @@ shared state is changed synchronously and is never left half-updated by one conn
 
 from __future__ import annotations
 
-import functools
 import itertools
 import json
 import logging
@@ -47,7 +51,7 @@ from trio_websocket import (
     Endpoint,
     WebSocketConnection,
     WebSocketRequest,
-    serve_websocket,
+    WebSocketServer,
 )
 
 from ..auth import bearer_token
@@ -60,6 +64,7 @@ from ..core.proxy import client_address
 from ..core.times import iso
 from ..core.topics import CONNECTION_ESTABLISHED, ERROR, TOPIC_SYSTEM
 from ..core.validation import has_lone_surrogate
+from ..listeners import Conn, ConnectionGate, GuardedListener, Limits
 from ..service.gate import Gate
 from .actions import ACTIONS, Action
 from .admin import HubAdmin
@@ -88,7 +93,10 @@ from .outbox import Outbox
 log = logging.getLogger(__name__)
 
 WS_PATHS = ("/ws", "/api/v1/client/ws")
-HANDSHAKE_TIMEOUT_SECONDS = 10.0
+# trio-websocket's own handshake timeout, a backstop behind the connection gate's (which cuts
+# a late handshake at websocket.handshake_timeout_seconds): a handshake the gate has cut still
+# holds trio-websocket's task until then.
+HANDSHAKE_BACKSTOP_SECONDS = 1.0
 # How long open connections get at shutdown to receive their 1001 before they are cut.
 SHUTDOWN_DEADLINE_SECONDS = 5.0
 
@@ -109,6 +117,7 @@ class Hub:
         wall_clock: Callable[[], float],
         trusted_proxies: frozenset[str] = frozenset(),
         actions: Mapping[str, Action] | None = None,
+        listener_gate: ConnectionGate | None = None,
     ) -> None:
         self.config = config
         self.gate = gate
@@ -119,6 +128,9 @@ class Hub:
         # Reverse proxies whose X-Forwarded-For names the real client (http.trusted_proxies).
         self.trusted_proxies = trusted_proxies
         self.actions: dict[str, Action] = {**ACTIONS, **(actions or {})}
+        # Connections per address and in all, and the handshake deadline (rpad.listeners).
+        self.listener_gate = listener_gate or ConnectionGate(
+            "websocket", listener_limits(config), trusted_proxies)
         self.url = ""
         self.admin = HubAdmin(fanout, broker, counters, config=lambda: self.config,
                               accepting=lambda: self._accepting)
@@ -138,6 +150,8 @@ class Hub:
         queue sizes to new connections; history sizes to new topics."""
         self.config = config
         self.trusted_proxies = trusted_proxies
+        self.listener_gate.limits = listener_limits(config)
+        self.listener_gate.trusted_proxies = trusted_proxies
         self.broker.reconfigure(history_size=config.history_size)
 
     # -- running -------------------------------------------------------------------------------
@@ -146,19 +160,24 @@ class Hub:
         """Listen on ``websocket.listen`` until :meth:`aclose`; ``task_status.started`` gets the
         ``ws://host:port/ws`` URL once the listener is bound."""
         host, port = parse_listen(self.config.listen)
+        gate = self.listener_gate
         try:
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptor:
-                    server = await acceptor.start(functools.partial(
-                        serve_websocket, self._handle, host, port, None,
+                    inner = await trio.open_tcp_listeners(port, host=host)
+                    server = WebSocketServer(
+                        self._handle, [GuardedListener(i, gate) for i in inner],  # type: ignore[misc]
                         handler_nursery=handlers,
                         max_message_size=self.config.max_message_bytes,
-                        connect_timeout=HANDSHAKE_TIMEOUT_SECONDS,
+                        connect_timeout=(self.config.handshake_timeout_seconds
+                                         + HANDSHAKE_BACKSTOP_SECONDS),
                         disconnect_timeout=CLOSE_TIMEOUT_SECONDS,
-                    ))
+                    )
+                    await acceptor.start(gate.run)
+                    await acceptor.start(server.run)
                     # A host name may bind several listeners (::1 and 127.0.0.1): name the first.
-                    bound = [e for e in server.listeners if isinstance(e, Endpoint)]
-                    self.url = f"{bound[0].url}{WS_PATHS[0]}"
+                    name = inner[0].socket.getsockname()
+                    self.url = f"{Endpoint(name[0], name[1], False).url}{WS_PATHS[0]}"
                     self._accepting = True
                     acceptor.start_soon(self.fanout.run_flusher)
                     task_status.started(self.url)
@@ -188,30 +207,49 @@ class Hub:
 
     async def _handle(self, request: WebSocketRequest) -> None:
         try:
-            await self._serve(request)
+            remote = request.remote
+        except OSError:  # ENOTCONN: the peer reset the connection during the handshake
+            return
+        peer = str(getattr(remote, "address", remote))
+        conn = self.listener_gate.find(peer, getattr(remote, "port", 0))
+        if conn is None:  # the gate cut it (its handshake was too late) or it is gone
+            return
+        self.listener_gate.request_started(conn)  # the handshake deadline is off
+        try:
+            await self._serve(request, peer, conn)
         except ConnectionClosed:
             pass  # the peer went away during the handshake or authentication
         except Exception:
             self.counters.internal_errors += 1
             log.exception("unexpected error serving a WebSocket connection; dropping it")
+        finally:
+            self.listener_gate.release(conn)
 
-    async def _serve(self, request: WebSocketRequest) -> None:
+    async def _reject(self, request: WebSocketRequest, conn: Conn, status: int, code: str,
+                      message: str) -> None:
+        """Refuse the handshake with an HTTP status and rpad's JSON error body, and close the
+        connection (trio-websocket leaves a rejected connection open until the peer hangs up)."""
+        self.counters.rejected_handshakes += 1
+        body = dumps({"error": code, "message": message, "details": []})
+        try:
+            await request.reject(status, extra_headers=[(b"content-type", b"application/json")],
+                                 body=body.encode())
+        finally:
+            self.listener_gate.finish(conn)
+
+    async def _serve(self, request: WebSocketRequest, peer: str, conn: Conn) -> None:
         path, _, query = request.path.partition("?")
         if path not in WS_PATHS:
-            self.counters.rejected_handshakes += 1
-            body = dumps({"error": "not_found",
-                          "message": f"no WebSocket endpoint here; use {' or '.join(WS_PATHS)}"})
-            await request.reject(404, extra_headers=[(b"content-type", b"application/json")],
-                                 body=body.encode())
+            await self._reject(request, conn, 404, "not_found",
+                               f"no WebSocket endpoint here; use {' or '.join(WS_PATHS)}")
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in request.headers}
-        ws = await request.accept()
-        try:
-            remote = request.remote
-        except OSError:  # ENOTCONN: the peer reset the connection during the handshake
+        address = client_address(peer, headers.get, self.trusted_proxies)
+        if address != peer and not self.listener_gate.attribute(conn, address):
+            await self._reject(request, conn, 429, "too_many_connections",
+                               "too many connections from this address; retry later")
             return
-        address = client_address(str(getattr(remote, "address", remote)), headers.get,
-                                 self.trusted_proxies)
+        ws = await request.accept()
         if self._closing.is_set():
             await self._refuse(ws, CLOSE_GOING_AWAY, "server going away")
             return
@@ -224,6 +262,8 @@ class Hub:
         if authenticated is None:
             return
         principal, method, batch = authenticated
+        # Authenticated: no longer counted against its address, never cut to make room.
+        self.listener_gate.establish(conn, long_lived=True)
         if principal.role == "agent":
             await self._refuse(ws, CLOSE_FORBIDDEN, "agent tokens cannot use the WebSocket hub")
             return
@@ -422,6 +462,14 @@ class Hub:
 
     def slow(self, c: Connection) -> None:
         c.close(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+
+
+def listener_limits(config: WebSocketConfig) -> Limits:
+    """The hub listener's caps: established connections are never cut to make room (at the
+    cap, newcomers are refused)."""
+    return Limits(max_connections=config.max_connections,
+                  max_connections_per_address=config.max_connections_per_address,
+                  head_timeout_seconds=config.handshake_timeout_seconds, evict=False)
 
 
 def parse_message(raw: str | bytes) -> dict[str, Any] | tuple[str, str]:

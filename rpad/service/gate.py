@@ -15,6 +15,7 @@ from ..auth import Authenticator
 from ..backend.base import FailureCounter
 from ..core.errors import AuthError, TooManyFailures
 from ..core.principal import Principal
+from ..listeners import note_authenticated
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,11 @@ class Gate:
         return self.auth.verify(token)
 
     def authenticate(self, token: str | None, peer: str) -> Principal:
-        """:meth:`check`, then :meth:`verify`; no token at all is a 401 that is not counted."""
+        """:meth:`check`, then :meth:`verify`; no token at all is a 401 that is not counted.
+        (An HTTP request: its connection is proven from now on, see :mod:`rpad.listeners`.)"""
         self.check(peer)
         if token is None:
             raise AuthError(401, MISSING_TOKEN)
-        return self.verify(token, peer)
+        principal = self.verify(token, peer)
+        note_authenticated()
+        return principal
