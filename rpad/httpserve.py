@@ -15,7 +15,7 @@ closed), the drain at shutdown (``http.graceful_timeout_seconds``). What it lack
   timer, which also runs from the moment a connection is accepted, so a connection that sends a
   request line and then nothing would be held for the whole keep-alive timeout;
 - a minimum body rate (:class:`RequestGuard`: 408 and close);
-- a write timeout (:class:`~rpad.listeners.GuardedStream`): Hypercorn shields its socket writes
+- a write timeout (:class:`GuardedStream`): Hypercorn shields its socket writes
   from cancellation, so a peer that stops reading would hold its connection, and the shutdown's
   drain, for ever;
 - an end to a connection's tasks when its peer hangs up between requests (Hypercorn keeps them
@@ -48,20 +48,82 @@ from hypercorn.utils import repr_socket_addr, wrap_app
 from .core.proxy import client_address
 from .listeners import (
     BODY_TIMEOUT,
+    IDLE,
+    PENDING,
+    SEND_TIMEOUT,
     Conn,
     ConnectionGate,
     GuardedListener,
-    GuardedStream,
-    RequestTicket,
-    reset_ticket,
-    set_ticket,
 )
+from .tickets import RequestTicket, reset_ticket, set_ticket
 
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
 # Connections the kernel queues until rpad accepts them (Hypercorn's default is 100: a fleet
 # reconnecting at once would see its SYNs dropped and retried seconds later). Linux caps it at
 # net.core.somaxconn.
 LISTEN_BACKLOG = 1024
+
+
+SEND_CHUNK_BYTES = 64 * 1024
+
+
+class GuardedStream(trio.abc.HalfCloseableStream):
+    """An HTTP connection's stream as Hypercorn sees it: the gate hears when a new request's
+    first bytes arrive and when the peer hangs up between requests, and every ``send_all`` must
+    be taken by the peer at ``SEND_CHUNK_BYTES`` per ``send_timeout()`` seconds or the
+    connection is cut (Hypercorn shields its writes from cancellation, so a peer that stops
+    reading would otherwise hold the connection, and the shutdown, for ever)."""
+
+    def __init__(self, inner: trio.SocketStream, gate: ConnectionGate, conn: Conn,
+                 send_timeout: Callable[[], float]) -> None:
+        self.inner = inner
+        self.gate = gate
+        self.conn = conn
+        self.send_timeout = send_timeout
+        self._got_data = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType:  # Hypercorn reads the peer's address here
+        return self.inner.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        data = await self.inner.receive_some(max_bytes)
+        conn = self.conn
+        if data:
+            self._got_data = True
+            if conn.phase == IDLE:
+                self.gate.head_started(conn)
+        elif conn.scope is not None and (
+                conn.phase == IDLE or (conn.phase == PENDING and not self._got_data)):
+            # Hung up with certainly no request in progress (none begun, or idle since the
+            # last one): Hypercorn would keep the connection's tasks until its keep-alive
+            # timer fires. (Data then EOF may be a whole request: the head deadline decides.)
+            self.gate.release(conn)
+            conn.scope.cancel()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        view = memoryview(data)
+        start = 0
+        while True:
+            with trio.move_on_after(self.send_timeout()) as scope:
+                await self.inner.send_all(view[start:start + SEND_CHUNK_BYTES])
+            if scope.cancelled_caught:
+                self.gate.cut_off(self.conn, SEND_TIMEOUT)
+                raise trio.BrokenResourceError("the peer stopped reading")
+            start += SEND_CHUNK_BYTES
+            if start >= len(view):
+                return
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        self.gate.release(self.conn)
+        await self.inner.aclose()
 
 
 @attrs.frozen

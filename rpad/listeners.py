@@ -42,7 +42,6 @@ and propagates.
 
 from __future__ import annotations
 
-import contextvars
 import heapq
 import ipaddress
 import itertools
@@ -488,7 +487,7 @@ def _reset(sock: trio.socket.SocketType) -> None:
 class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
     """A ``trio.SocketListener`` whose ``accept`` returns only the connections ``gate`` admits
     (refused ones are answered and closed inside ``accept``). ``wrap(stream, conn)`` may wrap
-    the stream it returns (the HTTP listener wraps it in a :class:`GuardedStream`)."""
+    the stream it returns (the HTTP listener wraps it in :class:`rpad.httpserve.GuardedStream`)."""
 
     def __init__(self, inner: trio.SocketListener, gate: ConnectionGate,
                  wrap: Callable[[trio.SocketStream, Conn], trio.abc.Stream] | None = None
@@ -510,112 +509,3 @@ class GuardedListener(trio.abc.Listener[trio.abc.Stream]):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-SEND_CHUNK_BYTES = 64 * 1024
-
-
-class GuardedStream(trio.abc.HalfCloseableStream):
-    """An HTTP connection's stream as Hypercorn sees it: the gate hears when a new request's
-    first bytes arrive and when the peer hangs up between requests, and every ``send_all`` must
-    be taken by the peer at ``SEND_CHUNK_BYTES`` per ``send_timeout()`` seconds or the
-    connection is cut (Hypercorn shields its writes from cancellation, so a peer that stops
-    reading would otherwise hold the connection, and the shutdown, for ever)."""
-
-    def __init__(self, inner: trio.SocketStream, gate: ConnectionGate, conn: Conn,
-                 send_timeout: Callable[[], float]) -> None:
-        self.inner = inner
-        self.gate = gate
-        self.conn = conn
-        self.send_timeout = send_timeout
-        self._got_data = False
-
-    @property
-    def socket(self) -> trio.socket.SocketType:  # Hypercorn reads the peer's address here
-        return self.inner.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        data = await self.inner.receive_some(max_bytes)
-        conn = self.conn
-        if data:
-            self._got_data = True
-            if conn.phase == IDLE:
-                self.gate.head_started(conn)
-        elif conn.scope is not None and (
-                conn.phase == IDLE or (conn.phase == PENDING and not self._got_data)):
-            # Hung up with certainly no request in progress (none begun, or idle since the
-            # last one): Hypercorn would keep the connection's tasks until its keep-alive
-            # timer fires. (Data then EOF may be a whole request: the head deadline decides.)
-            self.gate.release(conn)
-            conn.scope.cancel()
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        view = memoryview(data)
-        start = 0
-        while True:
-            with trio.move_on_after(self.send_timeout()) as scope:
-                await self.inner.send_all(view[start:start + SEND_CHUNK_BYTES])
-            if scope.cancelled_caught:
-                self.gate.cut_off(self.conn, SEND_TIMEOUT)
-                raise trio.BrokenResourceError("the peer stopped reading")
-            start += SEND_CHUNK_BYTES
-            if start >= len(view):
-                return
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.inner.send_eof()
-
-    async def aclose(self) -> None:
-        self.gate.release(self.conn)
-        await self.inner.aclose()
-
-
-class RequestTicket:
-    """One HTTP request as the gate sees it: what it counts against (the connection, and the
-    forwarded client address when a trusted proxy sent it), until it authenticates or ends."""
-
-    __slots__ = ("conn", "gate", "key")
-
-    def __init__(self, gate: ConnectionGate, conn: Conn | None, key: str | None) -> None:
-        self.gate = gate
-        self.conn = conn
-        self.key = key  # a forwarded address's key, while it counts
-
-    def authenticated(self) -> None:
-        """The request carried a valid token: its connection is proven, and it no longer
-        counts against its forwarded address."""
-        if self.key is not None:
-            self.gate.close_request(self.key)
-            self.key = None
-        if self.conn is not None and not self.conn.trusted:
-            self.gate.establish(self.conn)
-
-    def end(self) -> None:
-        if self.key is not None:
-            self.gate.close_request(self.key)
-            self.key = None
-
-
-_current_ticket: contextvars.ContextVar[RequestTicket | None] = contextvars.ContextVar(
-    "rpad_request_ticket", default=None)
-
-
-def set_ticket(ticket: RequestTicket | None) -> contextvars.Token[RequestTicket | None]:
-    return _current_ticket.set(ticket)
-
-
-def reset_ticket(token: contextvars.Token[RequestTicket | None]) -> None:
-    _current_ticket.reset(token)
-
-
-def note_authenticated() -> None:
-    """Called where a request's token has been verified (the request's task or a task it
-    started): the request's connection counts as proven (see :class:`ConnectionGate`).
-    Outside a guarded request it does nothing."""
-    ticket = _current_ticket.get()
-    if ticket is not None:
-        ticket.authenticated()

@@ -32,8 +32,8 @@ from rpad.listeners import (
     GuardedListener,
     Limits,
     address_key,
-    note_authenticated,
 )
+from rpad.tickets import note_authenticated
 
 TIMEOUT = 30
 HEAD = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"

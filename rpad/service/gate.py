@@ -15,7 +15,7 @@ from ..auth import Authenticator
 from ..backend.base import FailureCounter
 from ..core.errors import AuthError, TooManyFailures
 from ..core.principal import Principal
-from ..listeners import note_authenticated
+from ..tickets import note_authenticated
 
 log = logging.getLogger(__name__)
 
