@@ -116,6 +116,31 @@ class PushConfig:
 
 
 @attrs.frozen
+class HistoryConfig:
+    """Metrics history: each tier's retention (0 turns a tier off). Applied by reload."""
+
+    # false: heartbeats' metrics are not recorded (what is stored stays until it expires).
+    enabled: bool = True
+    # Every heartbeat's metrics as sent (the 1 h charts).
+    raw_retention_hours: float = 1.0
+    # 1-minute min/avg/max (the 24 h charts).
+    minute_retention_hours: float = 25.0
+    # 15-minute min/avg/max (the 7 d charts).
+    quarter_hour_retention_days: float = 8.0
+    # 1-hour min/avg/max (the 30 d charts).
+    hour_retention_days: float = 31.0
+    # How often expired history is deleted (in steps of a bounded size).
+    prune_interval_seconds: float = 60.0
+
+    def retention_seconds(self) -> dict[int, float]:
+        """Seconds kept per tier: 0 is the raw samples, else the tier's step in seconds."""
+        return {0: self.raw_retention_hours * 3600.0,
+                60: self.minute_retention_hours * 3600.0,
+                900: self.quarter_hour_retention_days * 86400.0,
+                3600: self.hour_retention_days * 86400.0}
+
+
+@attrs.frozen
 class AuthConfig:
     # HS256 secret files. The first one signs tokens minted by `rpad token`; all verify.
     # Empty: `<state_dir>/jwt.secret`, generated on first start.
@@ -188,6 +213,7 @@ class Config:
     websocket: WebSocketConfig = attrs.Factory(WebSocketConfig)
     presence: PresenceConfig = attrs.Factory(PresenceConfig)
     push: PushConfig = attrs.Factory(PushConfig)
+    history: HistoryConfig = attrs.Factory(HistoryConfig)
     auth: AuthConfig = attrs.Factory(AuthConfig)
     storage: StorageConfig = attrs.Factory(StorageConfig)
     alerts: AlertsConfig = attrs.Factory(AlertsConfig)
@@ -260,7 +286,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(str, _str)
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook_factory(_is_list_type, _list_hook)
-    sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, AuthConfig,
+    sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, HistoryConfig,
+                AuthConfig,
                 StorageConfig, WebhookConfig, EmailConfig, AlertsConfig, MetricsConfig,
                 LoggingConfig)
     # A factory, so that a section's hook exists before the hook of the table holding it.
@@ -409,6 +436,13 @@ def validate(cfg: Config) -> None:
     positive("presence.history_per_client", pr.history_per_client)
     positive("push.interval_seconds", cfg.push.interval_seconds)
     positive("push.stats_interval_seconds", cfg.push.stats_interval_seconds)
+    h = cfg.history
+    for key in ("raw_retention_hours", "minute_retention_hours", "quarter_hour_retention_days",
+                "hour_retention_days"):
+        value = getattr(h, key)
+        if not 0 <= value <= 3660:
+            p.append(f"history.{key}: must be from 0 to 3660, got {value}")
+    positive("history.prune_interval_seconds", h.prune_interval_seconds)
     if cfg.auth.leeway_seconds < 0:
         p.append("auth.leeway_seconds: must not be negative")
     positive("auth.max_failures_per_minute", cfg.auth.max_failures_per_minute)

@@ -35,6 +35,7 @@ from .api.metrics import Metrics
 from .auth import Authenticator, Keys, load_keys
 from .backend.local.broker import LocalBroker
 from .backend.local.failures import LocalFailureCounter
+from .backend.local.history import LocalHistory
 from .backend.local.presence import LocalPresence
 from .backend.local.store import Store
 from .config import Config, ConfigError, HttpConfig
@@ -45,6 +46,7 @@ from .hub.fanout import Fanout
 from .hub.server import Hub
 from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
+from .service.client_history import ClientHistory
 from .service.feeds import Feeds
 from .service.gate import Gate
 from .service.periodic import ServerListPusher, StatsPusher, run_sweeper
@@ -105,6 +107,7 @@ class Daemon:
                                         config.http.trusted_proxies)
         self.ws_gate: ConnectionGate | None = None
         self.hyper: HyperConfig | None = None
+        self.history: LocalHistory
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
@@ -145,7 +148,11 @@ class Daemon:
                          if loaded.clients else 0.0),
         )
         registry.load(loaded.clients)
-        backend = self.backend = LocalPresence(registry, store, loaded.gens)
+        self.history = LocalHistory(store, cfg.history, meta=loaded.meta,
+                                    wall_clock=self.wall_clock,
+                                    grace_until=registry.grace_until)
+        backend = self.backend = LocalPresence(registry, store, loaded.gens,
+                                               history=self.history)
         self.failures = LocalFailureCounter(cfg.auth.max_failures_per_minute)
         self.auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
                                   leeway_seconds=cfg.auth.leeway_seconds,
@@ -174,7 +181,9 @@ class Daemon:
                              listeners=(self.http_gate, hub.listener_gate))
         self.api = ApiContext(config=cfg, presence=self.presence, gate=gate, auth=self.auth,
                               feeds=feeds, epoch=self.epoch, started_at=time.monotonic(),
-                              extra_health=lambda: {"websocket": hub.admin.health()})
+                              extra_health=lambda: {"websocket": hub.admin.health()},
+                              history=ClientHistory(backend, self.history,
+                                                    wall_clock=self.wall_clock))
         self.app = create_app(self.api, hub=hub, metrics=self.metrics,
                                ws_url=lambda: self.ws_url)
 
@@ -195,6 +204,7 @@ class Daemon:
                           "http.max_connections + websocket.max_connections")
         async with trio.open_nursery() as nursery:
             await nursery.start(backend.run)
+            await nursery.start(self.history.run)
             await nursery.start(self.broker.run)
             async with trio.open_nursery() as services:
                 http_done = trio.Event()
@@ -311,6 +321,7 @@ class Daemon:
         self.app.config["MAX_CONTENT_LENGTH"] = new.http.max_body_bytes
         self.failures.max_per_window = new.auth.max_failures_per_minute
         self.backend.reconfigure(new.presence)
+        self.history.reconfigure(new.history)
         # The sweeper and the pushers re-read their intervals from self.config every round.
         self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,
                                max_batch=new.storage.max_batch,

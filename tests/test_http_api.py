@@ -119,6 +119,9 @@ async def test_the_seed_payload_works_unchanged(boot: Boot) -> None:
             parse_time("2025-07-23T12:00:00Z") - server_time, abs=0.002)
         r = await rpad.request("GET", "/api/v1/clients/1", role="viewer")
         view = r.json()
+        # The detail API adds availability (the status endpoint and pushes do not).
+        uptime = view.pop("uptime")
+        assert set(uptime) == {"24h", "7d", "30d"} and uptime["24h"]["percent"] == 100.0
         assert view == {
             "clientId": "1", "name": None, "status": "online", "reportedStatus": "online",
             "version": "1.0.0", "ipAddress": "192.168.1.100", "osType": None, "tags": [],

@@ -173,15 +173,41 @@ async def test_history_keeps_the_newest_entries_newest_first(tmp_path: Path,
                                                              nursery: trio.Nursery) -> None:
     store, _ = await open_store(tmp_path / "rpad.db", history_per_client=3)
     await nursery.start(store.run_committer)
+    # Entries older than EVENTS_KEEP_SECONDS (before the newest entry written) are kept only
+    # as the newest history_per_client.
+    gap = store_mod.EVENTS_KEEP_SECONDS + 100
+
+    def old(i: int) -> float:
+        return T0 - (10 - i) * gap
+
     for i in range(5):
-        store.add_history("a", T0 + i, "online" if i % 2 == 0 else "offline", f"r{i}")
+        store.add_history("a", old(i), "online" if i % 2 == 0 else "offline", f"r{i}")
         await store.durable()
-    store.add_history("b", T0, "online", None)
+    store.add_history("b", old(0), "online", None)
     await store.durable()
     assert await store.history("a") == [
-        (T0 + 4, "online", "r4"), (T0 + 3, "offline", "r3"), (T0 + 2, "online", "r2")]
-    assert await store.history("a", limit=1) == [(T0 + 4, "online", "r4")]
-    assert await store.history("b") == [(T0, "online", None)]
+        (old(4), "online", "r4"), (old(3), "offline", "r3"), (old(2), "online", "r2")]
+    assert await store.history("a", limit=1) == [(old(4), "online", "r4")]
+    assert await store.history("b") == [(old(0), "online", None)]
+    # Younger entries are kept beyond history_per_client (30-day availability reads them),
+    # and the old ones go once the newest history_per_client are all younger.
+    for i in range(6):
+        store.add_history("a", T0 + i, "online" if i % 2 == 0 else "offline", f"n{i}")
+        await store.durable()
+    assert [r[2] for r in await store.history("a")] == [f"n{i}" for i in range(5, -1, -1)]
+    nursery.cancel_scope.cancel()
+    store.close()
+
+
+async def test_young_history_is_capped_per_client(tmp_path: Path, nursery: trio.Nursery,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_mod, "EVENTS_HARD_CAP_PER_CLIENT", 4)
+    store, _ = await open_store(tmp_path / "rpad.db", history_per_client=2)
+    await nursery.start(store.run_committer)
+    for i in range(7):
+        store.add_history("a", T0 + i, "online", f"r{i}")
+        await store.durable()
+    assert [r[2] for r in await store.history("a")] == ["r6", "r5", "r4", "r3"]
     nursery.cancel_scope.cancel()
     store.close()
 

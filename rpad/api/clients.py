@@ -12,7 +12,7 @@ from typing import Any
 from quart import Quart, Response, request
 
 from ..auth import bearer_token, parse_ttl
-from ..core.errors import AuthError, ValidationFailed
+from ..core.errors import AuthError, StorageUnavailable, ValidationFailed
 from ..core.principal import Principal, require_client_access, require_role
 from ..core.queries import STATUSES, ClientQuery, query_clients
 from ..core.times import iso
@@ -176,7 +176,15 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         require_role(principal(), "viewer")
         client = presence.view.get(known_client(client_id))
         assert client is not None
-        return json_response(presence.view.view(client))
+        body = presence.view.view(client)
+        if ctx.history is not None:
+            # Availability over 24 h / 7 d / 30 d (null when the database cannot be read:
+            # the client's state is still served from memory).
+            try:
+                body["uptime"] = await ctx.history.uptime_figures(client.client_id)
+            except StorageUnavailable:
+                body["uptime"] = None
+        return json_response(body)
 
     @app.delete("/api/v1/clients/<client_id>")
     @operation("Remove a client", tag="clients", roles=ADMIN,

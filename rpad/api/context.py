@@ -9,6 +9,7 @@ import attrs
 
 from ..auth import Authenticator
 from ..config import Config
+from ..service.client_history import ClientHistory
 from ..service.feeds import Feeds
 from ..service.gate import Gate
 from ..service.presence import Presence
@@ -27,3 +28,5 @@ class ApiContext:
     started_at: float
     # More fields for GET /api/v1/health (the hub's, for one).
     extra_health: Callable[[], dict[str, Any]] = dict
+    # Metrics history and availability (None: not served).
+    history: ClientHistory | None = None

@@ -31,8 +31,9 @@ from typing import Any, Generic, Protocol, TypeVar
 import attrs
 import trio
 
-from ..config import PresenceConfig
+from ..config import HistoryConfig, PresenceConfig
 from ..core.errors import StorageUnavailable
+from ..core.history import Plan, Series
 from ..core.model import Client, Event, HeartbeatOutcome
 from ..core.validation import Heartbeat, Registration
 
@@ -141,6 +142,57 @@ class PresenceBackend(Protocol):
 
     async def revoke_tokens(self, client_id: str) -> int:
         """Bump the client's generation (revoking its agent tokens); durable on return."""
+        ...
+
+
+@attrs.frozen
+class Run:
+    """One run of rpad (of the node, locally): when it started, the last time it was known
+    alive (updated every few seconds, so a ``kill -9`` leaves a close upper bound), when it
+    stopped cleanly (None after a crash, or while running), and the end of its start-up
+    grace."""
+
+    started_at: float
+    alive_at: float
+    stopped_at: float | None
+    grace_until: float
+
+
+class MetricsHistory(Protocol):
+    """Each heartbeat's metrics over time, in tiers (:mod:`rpad.core.history`), and rpad's own
+    runs (for availability figures).
+
+    Resource handling: :meth:`run` (in the daemon's nursery) records this run, closes the
+    buckets of every tier as their time passes, prunes what expired and marks rpad alive; a
+    backend writes all of it with its ordinary durable writes (locally: the group commit).
+    Error handling: queries raise :class:`~rpad.core.errors.StorageUnavailable` when the
+    storage cannot be read; a write that fails is retried with the next one."""
+
+    def record(self, client_id: str, at: float, metrics: dict[str, float]) -> None:
+        """A heartbeat's metrics, received at ``at``: staged with the heartbeat's own write
+        (never blocks)."""
+        ...
+
+    def forget(self, client_id: str) -> None:
+        """A removed client: drop what is held in memory for it."""
+        ...
+
+    def reconfigure(self, cfg: HistoryConfig) -> None: ...
+
+    def retention(self) -> dict[int, float]:
+        """Seconds kept per tier (0: raw samples)."""
+        ...
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None: ...
+
+    async def query(self, client_id: str, plan: Plan, names: Sequence[str]) -> Series:
+        """The client's metrics on ``plan``'s grid, from ``plan.tier``, buckets not yet
+        closed included."""
+        ...
+
+    async def runs(self, since: float) -> list[Run]:
+        """rpad's runs that ended after ``since`` (or are running), oldest first; the current
+        one with ``alive_at`` = now."""
         ...
 
 

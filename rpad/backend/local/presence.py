@@ -24,7 +24,7 @@ from ...core.errors import RateLimited, StorageUnavailable, UnknownClient
 from ...core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, OFFLINE, ONLINE, Client, Event
 from ...core.registry import Registry
 from ...core.validation import Heartbeat, Registration
-from ..base import Applied, BeatResult
+from ..base import Applied, BeatResult, MetricsHistory
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,13 @@ class LocalPresence:
     """:class:`~rpad.backend.base.PresenceBackend` for one node."""
 
     def __init__(self, registry: Registry, store: Store,
-                 token_generations: dict[str, int] | None = None) -> None:
+                 token_generations: dict[str, int] | None = None, *,
+                 history: MetricsHistory | None = None) -> None:
         self.registry = registry
         self.store = store
         self._gens: dict[str, int] = dict(token_generations or {})
+        # Each heartbeat's metrics are staged there too (the same group commit).
+        self.history = history
 
     @property
     def view(self) -> Registry:
@@ -88,6 +91,8 @@ class LocalPresence:
             events.extend(outcome.events)
             try:
                 self._stage([outcome.client], outcome.events)
+                if hb.metrics and self.history is not None:
+                    self.history.record(hb.client_id, now, hb.metrics)
             except StorageUnavailable as exc:
                 error = exc
         if error is not None:
@@ -108,6 +113,8 @@ class LocalPresence:
         client = self.registry.get(client_id)
         events = self.registry.remove(client_id, now)  # raises UnknownClient
         assert client is not None
+        if self.history is not None:
+            self.history.forget(client_id)
         try:
             self.store.delete_client(client_id)
         except StorageUnavailable as exc:

@@ -24,7 +24,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 
@@ -34,7 +34,7 @@ from ...core.model import Client
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # After a failed commit: the first retry comes this soon (new writes are tried no sooner), and
 # retries with nothing new staged back off, doubling, to at most this interval.
@@ -42,6 +42,10 @@ RETRY_MIN_SECONDS = 0.1
 RETRY_MAX_SECONDS = 2.0
 # While commits keep failing, one log line per this interval (not one per attempt).
 FAILURE_LOG_INTERVAL_SECONDS = 30.0
+# Status-history entries younger than this are kept beyond presence.history_per_client (the
+# 30-day availability figures need them), up to EVENTS_HARD_CAP_PER_CLIENT per client.
+EVENTS_KEEP_SECONDS = 31 * 86400.0
+EVENTS_HARD_CAP_PER_CLIENT = 10_000
 
 # Forward migrations: MIGRATIONS[i] upgrades a database of user_version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -83,6 +87,32 @@ MIGRATIONS: list[str] = [
         value TEXT NOT NULL
     ) WITHOUT ROWID;
     """,
+    # Metrics history (rpad/backend/local/history.py): each heartbeat's metrics as sent (raw),
+    # the closed buckets of every tier, and rpad's own runs (for availability figures).
+    """
+    CREATE TABLE metric_samples (
+        client_id TEXT NOT NULL,
+        at REAL NOT NULL,
+        v BLOB NOT NULL,
+        PRIMARY KEY (client_id, at)
+    ) WITHOUT ROWID;
+    CREATE INDEX metric_samples_by_time ON metric_samples (at);
+    CREATE TABLE metric_rollups (
+        client_id TEXT NOT NULL,
+        step INTEGER NOT NULL,
+        start INTEGER NOT NULL,
+        v BLOB NOT NULL,
+        PRIMARY KEY (client_id, step, start)
+    ) WITHOUT ROWID;
+    CREATE INDEX metric_rollups_by_time ON metric_rollups (step, start);
+    CREATE TABLE rpad_runs (
+        started_at REAL PRIMARY KEY,
+        alive_at REAL NOT NULL,
+        stopped_at REAL,
+        grace_until REAL NOT NULL
+    );
+    CREATE INDEX client_events_by_time ON client_events (client_id, at);
+    """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
 
@@ -94,6 +124,7 @@ _CLIENT_COLUMNS = (
 _UPSERT = f"INSERT OR REPLACE INTO clients ({_CLIENT_COLUMNS}) VALUES ({', '.join('?' * 18)})"
 
 ClientRow = tuple[Any, ...]
+T = TypeVar("T")
 
 
 class StorageCorrupt(Exception):
@@ -125,7 +156,7 @@ def client_from_row(r: sqlite3.Row | tuple[Any, ...]) -> Client:
 class _Batch:
     """Staged writes and the event their waiters wait on."""
 
-    __slots__ = ("clients", "deleted", "done", "error", "events", "gens", "meta", "size")
+    __slots__ = ("clients", "deleted", "done", "error", "events", "gens", "meta", "rows", "size")
 
     def __init__(self) -> None:
         self.clients: dict[str, ClientRow] = {}
@@ -133,6 +164,8 @@ class _Batch:
         self.events: list[tuple[str, float, str, str | None]] = []
         self.gens: dict[str, int] = {}
         self.meta: dict[str, str] = {}
+        # Rows of other tables, by writer (see Store.add_writer), in staging order.
+        self.rows: dict[str, list[Any]] = {}
         self.done = trio.Event()
         self.error: BaseException | None = None
         self.size = 0
@@ -150,6 +183,8 @@ class _Batch:
             newer.gens.setdefault(cid, gen)
         for k, v in self.meta.items():
             newer.meta.setdefault(k, v)
+        for key, rows in self.rows.items():
+            newer.rows[key] = rows + newer.rows.get(key, [])
         newer.size += self.size
 
 
@@ -191,6 +226,8 @@ class Store:
         self.last_commit_seconds = 0.0
         # Told the size and duration of every successful commit (the metrics' histograms).
         self.on_commit = on_commit
+        # Writers of other tables' staged rows, by key (called inside the commit).
+        self._writers: dict[str, Callable[[sqlite3.Connection, list[Any]], None]] = {}
 
     def reconfigure(self, *, commit_interval_ms: float, max_batch: int,
                     history_per_client: int) -> None:
@@ -271,11 +308,11 @@ class Store:
 
     # -- staging (on the event loop, never blocks) ---------------------------------------------
 
-    def _staged(self) -> _Batch:
+    def _staged(self, n: int = 1) -> _Batch:
         if self._closed:
             raise StorageUnavailable("the store is closed")
         b = self._batch
-        b.size += 1
+        b.size += n
         self._wakeup.set()
         if b.size >= self.max_batch:
             self._full.set()
@@ -299,6 +336,24 @@ class Store:
 
     def set_meta(self, key: str, value: str) -> None:
         self._staged().meta[key] = value
+
+    def add_writer(self, key: str, write: Callable[[sqlite3.Connection, list[Any]], None]) -> None:
+        """Register the writer of rows staged under ``key`` with :meth:`stage_rows`: it is
+        called with the write connection and the batch's rows (in staging order) inside the
+        group commit's transaction, after the clients and history of that batch; it must be
+        idempotent (a failed commit is retried with the next batch)."""
+        self._writers[key] = write
+
+    def stage_rows(self, key: str, rows: list[Any]) -> None:
+        """Stage rows for the writer registered under ``key``; they share the next commit."""
+        if not rows:
+            return
+        b = self._staged(len(rows))
+        have = b.rows.get(key)
+        if have is None:
+            b.rows[key] = list(rows)
+        else:
+            have.extend(rows)
 
     async def durable(self) -> None:
         """Wait until everything staged so far is committed. Raises StorageUnavailable."""
@@ -379,6 +434,8 @@ class Store:
                 ids = [(cid,) for cid in b.deleted]
                 db.executemany("DELETE FROM clients WHERE client_id = ?", ids)
                 db.executemany("DELETE FROM client_events WHERE client_id = ?", ids)
+                db.executemany("DELETE FROM metric_samples WHERE client_id = ?", ids)
+                db.executemany("DELETE FROM metric_rollups WHERE client_id = ?", ids)
             if b.clients:
                 db.executemany(_UPSERT, b.clients.values())
             if b.events:
@@ -386,14 +443,18 @@ class Store:
                     "INSERT INTO client_events (client_id, at, status, reason) VALUES (?, ?, ?, ?)",
                     b.events,
                 )
-                # Keep the newest history_per_client entries of each client touched.
+                # Keep the newest history_per_client entries of each client touched, and the
+                # younger ones up to the hard cap (availability over 30 days reads them).
                 keep = self.history_per_client
+                cutoff = max(e[1] for e in b.events) - EVENTS_KEEP_SECONDS
                 for cid in {e[0] for e in b.events}:
                     db.execute(
-                        "DELETE FROM client_events WHERE client_id = ? AND id <= COALESCE(("
+                        "DELETE FROM client_events WHERE client_id = ? AND ((at < ? AND "
+                        "id <= COALESCE((SELECT id FROM client_events WHERE client_id = ? "
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?), -1)) OR id <= COALESCE(("
                         "SELECT id FROM client_events WHERE client_id = ? "
-                        "ORDER BY id DESC LIMIT 1 OFFSET ?), -1)",
-                        (cid, cid, keep),
+                        "ORDER BY id DESC LIMIT 1 OFFSET ?), -1))",
+                        (cid, cutoff, cid, keep, cid, max(keep, EVENTS_HARD_CAP_PER_CLIENT)),
                     )
             if b.gens:
                 db.executemany(
@@ -402,6 +463,8 @@ class Store:
                 )
             if b.meta:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", b.meta.items())
+            for key, rows in b.rows.items():
+                self._writers[key](db, rows)
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -429,6 +492,21 @@ class Store:
             return await trio.to_thread.run_sync(self._history, client_id, limit)
         except sqlite3.Error as exc:
             log.error("reading the history of %s failed: %s", client_id, exc)
+            raise StorageUnavailable(str(exc)) from None
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` with the read connection in a worker thread (one reader at a time).
+        Raises StorageUnavailable when SQLite fails."""
+
+        def locked() -> T:
+            assert self._reader is not None
+            with self._read_lock:
+                return fn(self._reader)
+
+        try:
+            return await trio.to_thread.run_sync(locked)
+        except sqlite3.Error as exc:
+            log.error("a read of the database failed: %s", exc)
             raise StorageUnavailable(str(exc)) from None
 
     def _log_failure(self, size: int, exc: sqlite3.Error) -> None:

@@ -1,0 +1,113 @@
+"""One client's story over HTTP: ``GET /api/v1/clients/{id}/metrics`` (its metrics over
+time, from the right tier of the history) and ``GET /api/v1/clients/{id}/uptime`` (its
+availability and status timeline, rpad's own downtime apart).
+
+Every bad query parameter is a 422 naming it: a time that is not ISO 8601 or epoch seconds, a
+range reversed, a step that is not a whole number of seconds, too small for the tier that
+holds data that old or giving too many points, an unknown metric name.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from quart import Quart, Response, request
+
+from ..core.history import METRIC_NAMES, PlanError
+from ..core.principal import require_role
+from ..core.times import parse_iso
+from ..core.validation import MAX_EPOCH_SECONDS, client_id_from_path
+from ..service.client_history import TIMELINE_WINDOWS_SECONDS, ClientHistory
+from .context import ApiContext
+from .errors import invalid_parameter, json_response, unknown_client
+from .security import request_principal
+
+DEFAULT_RANGE_SECONDS = 3600.0
+_STEP_RE = re.compile(r"([0-9]{1,9})([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_NAMES_CHARS = 1024
+
+
+def parse_time(raw: str, name: str) -> float:
+    """ISO 8601, or epoch seconds (milliseconds above 1e11), from 1970 to 9999."""
+    text = raw.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            value = parse_iso(text)
+        except (ValueError, OverflowError):
+            raise invalid_parameter(name, "must be an ISO 8601 time such as "
+                                          "2026-01-01T12:00:00Z or epoch seconds") from None
+    else:
+        if not math.isfinite(value):
+            raise invalid_parameter(name, "must be a finite number of epoch seconds")
+        if value > 1e11:
+            value /= 1000.0
+    if not 0 <= value <= MAX_EPOCH_SECONDS:
+        raise invalid_parameter(name, "must be a time from 1970 to 9999")
+    return value
+
+
+def parse_step(raw: str) -> int:
+    m = _STEP_RE.fullmatch(raw.strip())
+    if m is None:
+        raise invalid_parameter("step", "must be a whole number of seconds, or with a unit: "
+                                        "30s, 1m, 15m, 1h, 1d")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_names(raw: str | None) -> list[str]:
+    if raw is None or not raw.strip():
+        return list(METRIC_NAMES)
+    if len(raw) > MAX_NAMES_CHARS:
+        raise invalid_parameter("names", f"must be at most {MAX_NAMES_CHARS} characters")
+    names: list[str] = []
+    for name in raw.split(","):
+        name = name.strip()
+        if name not in METRIC_NAMES:
+            shown = name[:64].encode("utf-8", "replace").decode("utf-8")
+            raise invalid_parameter("names", f"unknown metric {shown!r}; known: "
+                                             + ", ".join(METRIC_NAMES))
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def add_routes(app: Quart, ctx: ApiContext, history: ClientHistory) -> None:
+    presence = ctx.presence
+
+    def known_client(client_id: str) -> str:
+        require_role(request_principal(ctx), "viewer")
+        cid = client_id_from_path(client_id)
+        if presence.view.get(cid) is None:
+            raise unknown_client()
+        return cid
+
+    @app.get("/api/v1/clients/<client_id>/metrics")
+    async def client_metrics(client_id: str) -> Response:
+        cid = known_client(client_id)
+        args = request.args
+        now = presence.wall_clock()
+        end = parse_time(args["to"], "to") if args.get("to") else now
+        start = (parse_time(args["from"], "from") if args.get("from")
+                 else end - DEFAULT_RANGE_SECONDS)
+        names = parse_names(args.get("names"))
+        if not end > start:
+            raise invalid_parameter("from", "must be before to")
+        step = parse_step(args["step"]) if args.get("step") else history.default_step(start, end)
+        try:
+            body = await history.metrics(cid, start, end, step, names)
+        except PlanError as exc:
+            raise invalid_parameter(exc.field, exc.message) from None
+        return json_response(body)
+
+    @app.get("/api/v1/clients/<client_id>/uptime")
+    async def client_uptime(client_id: str) -> Response:
+        cid = known_client(client_id)
+        window = request.args.get("timeline") or "24h"
+        if window not in TIMELINE_WINDOWS_SECONDS:
+            raise invalid_parameter("timeline", "must be one of "
+                                                + ", ".join(TIMELINE_WINDOWS_SECONDS))
+        return json_response(await history.uptime(cid, window))
