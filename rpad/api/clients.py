@@ -171,7 +171,9 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
 
     @app.get("/api/v1/clients/<client_id>")
     @operation("Read one client", tag="clients", roles=VIEWER_UP,
-               answer=Answer(200, "the client view", "ClientView"), errors=("unknown_client",))
+               description="The client view, with its uptime over 24 h, 7 d and 30 d "
+                           "(`uptime`, null when the database cannot be read).",
+               answer=Answer(200, "the client view", "ClientDetail"), errors=("unknown_client",))
     async def get_client(client_id: str) -> Response:
         require_role(principal(), "viewer")
         client = presence.view.get(known_client(client_id))

@@ -21,6 +21,7 @@ from ..core.validation import MAX_EPOCH_SECONDS, client_id_from_path
 from ..service.client_history import TIMELINE_WINDOWS_SECONDS, ClientHistory
 from .context import ApiContext
 from .errors import invalid_parameter, json_response, unknown_client
+from .openapi import VIEWER_UP, Answer, Param, operation
 from .security import request_principal
 
 DEFAULT_RANGE_SECONDS = 3600.0
@@ -86,6 +87,20 @@ def add_routes(app: Quart, ctx: ApiContext, history: ClientHistory) -> None:
         return cid
 
     @app.get("/api/v1/clients/<client_id>/metrics")
+    @operation(
+        "Read a client's metrics over time", tag="clients", roles=VIEWER_UP,
+        description="Buckets of `step` seconds from `from` to `to`, each with its number of "
+                    "samples and each metric's min/avg/max, from the tier that holds that "
+                    "range: raw samples, 1-minute, 15-minute or 1-hour buckets (`tier`).",
+        query=(Param("from", "ISO 8601 or epoch seconds; default `to` minus 1 h",
+                     {"type": "string"}),
+               Param("to", "ISO 8601 or epoch seconds; default now", {"type": "string"}),
+               Param("step", "seconds (or 30s, 1m, 15m, 1h, 1d); a multiple of the tier's; "
+                             "default about 720 buckets", {"type": "string"}),
+               Param("names", "comma-separated metric names; default all",
+                     {"type": "string"})),
+        answer=Answer(200, "the metrics on a regular grid", "ClientMetrics"),
+        errors=("unknown_client", "storage_unavailable"))
     async def client_metrics(client_id: str) -> Response:
         cid = known_client(client_id)
         args = request.args
@@ -104,6 +119,15 @@ def add_routes(app: Quart, ctx: ApiContext, history: ClientHistory) -> None:
         return json_response(body)
 
     @app.get("/api/v1/clients/<client_id>/uptime")
+    @operation(
+        "Read a client's availability", tag="clients", roles=VIEWER_UP,
+        description="Uptime over 24 h, 7 d and 30 d from the client's status events; rpad's "
+                    "own downtime and start-up grace are reported apart and never count "
+                    "against the client. With the timeline of its states over `timeline`.",
+        query=(Param("timeline", "the timeline's window",
+                     {"enum": list(TIMELINE_WINDOWS_SECONDS), "default": "24h"}),),
+        answer=Answer(200, "uptime figures and timeline", "ClientUptime"),
+        errors=("unknown_client", "storage_unavailable"))
     async def client_uptime(client_id: str) -> Response:
         cid = known_client(client_id)
         window = request.args.get("timeline") or "24h"

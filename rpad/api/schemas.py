@@ -281,9 +281,65 @@ def _batch_result() -> Schema:
     return {"oneOf": [ok, refused]}
 
 
+def _availability() -> Schema:
+    seconds = {"type": "number", "minimum": 0}
+    return obj({
+        "percent": nullable({"type": "number", "minimum": 0, "maximum": 100,
+                             "description": "online / (online + offline); null when neither"}),
+        "onlineSeconds": seconds, "offlineSeconds": seconds,
+        "unknownSeconds": {**seconds, "description": "before the first known status"},
+        "rpadDownSeconds": {**seconds, "description": "rpad itself was down: not counted"},
+        "graceSeconds": {**seconds, "description": "rpad's start-up grace: not counted"},
+    }, ("percent", "onlineSeconds", "offlineSeconds", "unknownSeconds", "rpadDownSeconds",
+        "graceSeconds"))
+
+
+def _uptime_windows() -> Schema:
+    return obj({w: ref("Availability") for w in ("24h", "7d", "30d")}, ("24h", "7d", "30d"))
+
+
+def _client_metrics() -> Schema:
+    values = {"type": "array", "items": nullable(NUMBER)}
+    stats = obj({"min": values, "avg": values, "max": values}, ("min", "avg", "max"))
+    return obj({
+        "clientId": CLIENT_ID, "from": TIME, "to": TIME,
+        "tier": {"enum": ["raw", "1m", "15m", "1h"]},
+        "tierStepSeconds": {"enum": [0, 60, 900, 3600]},
+        "step": {"type": "integer", "minimum": 1},
+        "start": {"type": "integer", "description": "epoch seconds of the first bucket"},
+        "startAt": TIME,
+        "points": COUNT,
+        "count": {"type": "array", "items": COUNT,
+                  "description": "samples in each bucket (0: no data)"},
+        "metrics": obj({name: stats for name, _ in _METRIC_ALIASES}),
+    }, ("clientId", "from", "to", "tier", "tierStepSeconds", "step", "start", "startAt",
+        "points", "count", "metrics"))
+
+
+def _client_uptime() -> Schema:
+    states = ["online", "offline", "unknown", "rpad_down", "grace"]
+    return obj({
+        "clientId": CLIENT_ID, "serverTime": TIME,
+        "uptime": _uptime_windows(),
+        "rpadPeriods": {"type": "array", "items": obj({
+            "start": TIME, "end": TIME, "kind": {"enum": ["rpad_down", "grace"]}},
+            ("start", "end", "kind"))},
+        "timeline": obj({
+            "window": {"enum": ["1h", "24h", "7d", "30d"]},
+            "segments": {"type": "array", "items": obj({
+                "start": TIME, "end": TIME, "state": {"enum": states},
+                "reason": nullable(string())}, ("start", "end", "state", "reason"))},
+        }, ("window", "segments")),
+    }, ("clientId", "serverTime", "uptime", "rpadPeriods", "timeline"))
+
+
 def components() -> dict[str, Schema]:
     """The named schemas, for ``components/schemas``."""
     return {
+        "Availability": _availability(),
+        "ClientDetail": client_view_with({"uptime": nullable(_uptime_windows())}),
+        "ClientMetrics": _client_metrics(),
+        "ClientUptime": _client_uptime(),
         "Error": obj({
             "error": string(description="a code for programs (see each response)"),
             "message": string(description="a sentence for people"),
