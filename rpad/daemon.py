@@ -44,6 +44,7 @@ from .httpserve import BodyLimits, RequestGuard, hypercorn_config, serve_http
 from .hub.codes import HubCounters
 from .hub.fanout import Fanout
 from .hub.server import Hub
+from .hub.windows import WindowPusher
 from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
 from .service.client_history import ClientHistory
@@ -108,6 +109,7 @@ class Daemon:
         self.ws_gate: ConnectionGate | None = None
         self.hyper: HyperConfig | None = None
         self.history: LocalHistory
+        self.windows: WindowPusher
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
@@ -167,9 +169,11 @@ class Daemon:
         feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
         self.alerts = Alerts(cfg.alerts)
         self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
+        self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)
         hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
                              counters=counters, wall_clock=self.wall_clock,
-                             trusted_proxies=frozenset(cfg.http.trusted_proxies))
+                             trusted_proxies=frozenset(cfg.http.trusted_proxies),
+                             actions={"subscribe": self.windows.on_subscribe})
         self.ws_gate = hub.listener_gate
         # The state topics exist before the hub accepts anyone.
         self.server_list = ServerListPusher(fanout, registry,
@@ -240,6 +244,7 @@ class Daemon:
                             await tasks.start(run_sweeper, presence,
                                               lambda: self.config.presence.check_interval_seconds)
                             await tasks.start(self.server_list.run)
+                            await tasks.start(self.windows.run)
                             await tasks.start(self.stats_pusher.run)
 
                 services.start_soon(run_periodic)

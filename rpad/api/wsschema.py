@@ -25,6 +25,7 @@ from ..core.topics import (
     PUBLISHED,
     SERVER_LIST,
     SERVER_LIST_DELTA,
+    SERVER_WINDOW,
     STATS_UPDATE,
     SUBSCRIBED,
     TOKEN_REFRESHED,
@@ -35,6 +36,7 @@ from ..core.topics import (
     TOPIC_STATS,
     UNSUBSCRIBED,
 )
+from ..core.window import FILTERS, MAX_LIMIT, MAX_OFFSET, MAX_Q_CHARS, SORT_KEYS
 from . import schemas as S
 
 SCHEMA_PATH = "/api/v1/websocket/schema.json"
@@ -45,6 +47,19 @@ ERROR_CODES = ("invalid_json", "invalid_message", "unknown_action", "invalid_top
                "invalid_token", "already_authenticated", "unauthorized", "rate_limited")
 # Topics whose every message is rpad's own, described exactly.
 RPAD_TOPICS = (TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_SERVERS, TOPIC_STATS)
+
+
+def _view() -> S.Schema:
+    return S.obj({
+        "filter": {"enum": list(FILTERS), "default": "all"},
+        "q": S.nullable(S.string(MAX_Q_CHARS, description="a substring of the id, name, IP "
+                                                          "address, version or a tag")),
+        "tag": S.nullable(S.string(64, minLength=1)),
+        "sort": {"enum": [p + k for k in SORT_KEYS for p in ("", "-")], "default": "status",
+                 "description": "- in front: descending"},
+        "offset": {"type": "integer", "minimum": 0, "maximum": MAX_OFFSET, "default": 0},
+        "limit": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": 50},
+    })
 
 
 def _d(name: str) -> S.Schema:
@@ -78,8 +93,10 @@ def build_ws_schema() -> dict[str, Any]:
                         {"token": S.string(minLength=1), "batch": {"type": "boolean"}},
                         ("token",)),
         "subscribe": _action("subscribe", "Subscribe; with since (the last seq seen), also "
-                                          "get what was missed.",
-                             {"topic": S.TOPIC, "since": S.COUNT}, ("topic",)),
+                                          "get what was missed. On servers, a view asks for "
+                                          "one page of the fleet (SERVER_WINDOW).",
+                             {"topic": S.TOPIC, "since": S.COUNT, "view": _view()},
+                             ("topic",)),
         "unsubscribe": _action("unsubscribe", "Leave a topic (not system).", {"topic": S.TOPIC},
                                ("topic",)),
         "ping": _action("ping", "Answered with PONG.", {}),
@@ -95,7 +112,8 @@ def build_ws_schema() -> dict[str, Any]:
         }, ("connectionId", "userId", "role", "epoch", "serverTime", "pingIntervalSeconds",
             "batch")), "The connection is authenticated."),
         SUBSCRIBED: _control(SUBSCRIBED, S.obj({
-            "topic": S.TOPIC, "seq": S.COUNT, "recovered": {"type": "boolean"}},
+            "topic": S.TOPIC, "seq": S.COUNT, "recovered": {"type": "boolean"},
+            "view": _view()},
             ("topic", "seq", "recovered")), "Subscribed; missed messages follow."),
         UNSUBSCRIBED: _control(UNSUBSCRIBED, S.obj({"topic": S.TOPIC}, ("topic",)),
                                "Unsubscribed."),
@@ -107,7 +125,9 @@ def build_ws_schema() -> dict[str, Any]:
             "topic": S.TOPIC, "seq": S.COUNT, "delivered": S.COUNT},
             ("topic", "seq", "delivered")), "Answers publish."),
         ERROR: _control(ERROR, S.obj({
-            "code": {"enum": list(ERROR_CODES)}, "message": S.string(), "topic": S.TOPIC},
+            "code": {"enum": list(ERROR_CODES)}, "message": S.string(), "topic": S.TOPIC,
+            "details": {"type": "array", "items": S.FIELD_ERROR,
+                        "description": "invalid_field of a view: each bad field"}},
             ("code", "message")), "A bad action; the connection stays open."),
         "NOTIFICATION.direct": _control(NOTIFICATION, _d("Notification"),
                                         "A notification to this user's connections."),
@@ -148,6 +168,15 @@ def build_ws_schema() -> dict[str, Any]:
                    "removed": {"type": "array", "items": S.CLIENT_ID}},
                   ("changed", "removed")),
             "What changed since the previous push (push.mode = delta).", seq_minimum=0),
+        SERVER_WINDOW: _message(
+            {"const": SERVER_WINDOW}, {"const": TOPIC_SERVERS},
+            S.obj({"view": _view(), "counts": S.obj(
+                {k: S.COUNT for k in ("total", "online", "offline", "unknown", "matching")},
+                ("total", "online", "offline", "unknown", "matching")),
+                "servers": {"type": "array", "items": _d("ClientView"),
+                            "maxItems": MAX_LIMIT}},
+                ("view", "counts", "servers")),
+            "A windowed subscription's page, sent when it changed.", seq_minimum=0),
         STATS_UPDATE: _message({"const": STATS_UPDATE}, {"const": TOPIC_STATS}, _d("HubStats"),
                                "The hub's counters (admins).", seq_minimum=0),
         "NOTIFICATION.topic": _message({"const": NOTIFICATION}, {"const": TOPIC_NOTIFICATIONS},

@@ -39,6 +39,22 @@ from .validation import Heartbeat, Registration
 MAX_REMOVALS_KEPT = 10_000
 
 
+class ChangeJournal:
+    """Ids of the clients changed (insertion-ordered, each once) and removed since the last
+    :meth:`take`; a client removed and added again is in both."""
+
+    __slots__ = ("changed", "removed")
+
+    def __init__(self) -> None:
+        self.changed: dict[str, None] = {}
+        self.removed: set[str] = set()
+
+    def take(self) -> tuple[list[str], set[str]]:
+        changed, removed = list(self.changed), self.removed
+        self.changed, self.removed = {}, set()
+        return changed, removed
+
+
 class Registry:
     """All clients, in memory. The single source of truth while rpad runs."""
 
@@ -73,6 +89,8 @@ class Registry:
         # past MAX_REMOVALS_KEPT (a delta from before then is refused: send the full list).
         self._removals: list[tuple[int, str]] = []
         self._removals_kept_since = 0
+        # Journals of changed and removed clients (see watch_changes).
+        self._journals: list[ChangeJournal] = []
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -195,6 +213,16 @@ class Registry:
     def _bump(self, client: Client) -> None:
         self._revision += 1
         client.revision = self._revision
+        for journal in self._journals:
+            journal.changed[client.client_id] = None
+
+    def watch_changes(self) -> ChangeJournal:
+        """A journal of the ids of clients changed (and removed) from now on, which its one
+        reader empties with :meth:`ChangeJournal.take` (memory: at most one entry per client).
+        """
+        journal = ChangeJournal()
+        self._journals.append(journal)
+        return journal
 
     def _set_status(self, client: Client, status: str) -> None:
         if client.status == ONLINE and status != ONLINE:
@@ -319,6 +347,9 @@ class Registry:
         self._by_last.pop(client_id, None)
         self._set_status(client, OFFLINE)
         self._revision += 1
+        for journal in self._journals:
+            journal.changed.pop(client_id, None)
+            journal.removed.add(client_id)
         self._removals.append((self._revision, client_id))
         if len(self._removals) > MAX_REMOVALS_KEPT:
             drop = len(self._removals) - MAX_REMOVALS_KEPT // 2

@@ -31,6 +31,8 @@ TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]{0,63}")
 SERVER_LIST = "SERVER_LIST"
 # push.mode = "delta": the clients that changed since the previous push, and those removed.
 SERVER_LIST_DELTA = "SERVER_LIST_DELTA"
+# A windowed subscription's page of the fleet (rpad/hub/windows.py).
+SERVER_WINDOW = "SERVER_WINDOW"
 STATS_UPDATE = "STATS_UPDATE"
 NOTIFICATION = "NOTIFICATION"
 SYSTEM_MESSAGE = "SYSTEM_MESSAGE"
@@ -42,5 +44,5 @@ ERROR = "ERROR"
 TOKEN_REFRESHED = "TOKEN_REFRESHED"
 PUBLISHED = "PUBLISHED"
 # Complete states: a newer one makes a queued older one worthless.
-CONFLATABLE_TYPES = frozenset({SERVER_LIST, STATS_UPDATE})
+CONFLATABLE_TYPES = frozenset({SERVER_LIST, SERVER_WINDOW, STATS_UPDATE})
 NOTIFICATION_LEVELS = ("info", "success", "warning", "error", "urgent")

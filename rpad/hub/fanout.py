@@ -77,6 +77,9 @@ class Fanout:
         self.state: dict[str, StateTopic] = {}
         # Messages this node published on its own (state topics).
         self.published = 0
+        # Called with (connection, topic) when a connection leaves a topic (windowed
+        # subscriptions hold topics outside this module's subscriber sets).
+        self.leave_hooks: list[Callable[[Connection, str], None]] = []
         # Batching connections with topic messages waiting for the flusher.
         self._dirty: list[Connection] = []
         self._dirty_event = trio.Event()
@@ -116,6 +119,8 @@ class Fanout:
 
     def leave(self, c: Connection, topic: str) -> None:
         c.topics.discard(topic)
+        for hook in self.leave_hooks:
+            hook(c, topic)
         subs = self._topics.get(topic)
         if subs is None:
             return
@@ -130,6 +135,11 @@ class Fanout:
     def leave_all(self, c: Connection) -> None:
         for topic in list(c.topics):
             self.leave(c, topic)
+
+    def plain_subscribers(self, topic: str) -> set[Connection]:
+        """The connections this module delivers ``topic`` to (not windowed ones)."""
+        subs = self._topics.get(topic)
+        return subs.connections if subs is not None else set()
 
     def subscribers(self, topic: str) -> int:
         subs = self._topics.get(topic)
