@@ -310,8 +310,15 @@ class Grid:
             acc_add_sample(acc, values)
 
     def add_bucket(self, start: float, acc: Acc) -> None:
-        target = self._slot(start)
-        if target is not None:
+        """Fold a stored bucket in; ``acc`` becomes the grid's own when it is the first of its
+        grid bucket (do not change it afterwards)."""
+        i = math.floor((start - self.start) / self.step)
+        if not 0 <= i < self.n:
+            return
+        target = self._accs.get(i)
+        if target is None:
+            self._accs[i] = acc
+        else:
             acc_merge(target, acc)
 
     def series(self, names: Iterable[str]) -> Series:
@@ -336,6 +343,9 @@ def _nones(n: int) -> list[float | None]:
 # -- choosing the tier of a query ----------------------------------------------------------------
 
 
+# A tier still answers for a range starting this much before its retention (the page asks for
+# "the last hour" a moment after the server's clock read it; pruning runs every minute or so).
+COVER_SLACK_SECONDS = 300
 # The longest range a query may cover (and so the largest step).
 MAX_RANGE_SECONDS = 400 * 86400
 
@@ -385,7 +395,7 @@ def plan_query(retention: Mapping[int, float], now: float, start: float, end: fl
     tiers = sorted((t for t, kept in retention.items() if kept > 0))
     if not tiers:
         raise PlanError("from", "no metrics history is kept (history is off)")
-    covering = [t for t in tiers if start >= now - retention[t]]
+    covering = [t for t in tiers if start >= now - retention[t] - COVER_SLACK_SECONDS]
     if not covering:
         covering = [max(tiers, key=lambda t: (retention[t], -t))]
     usable = [t for t in covering if t == 0 or step % t == 0]

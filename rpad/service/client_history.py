@@ -36,8 +36,10 @@ MAX_STATUS_EVENTS = 10_000
 TIMELINE_WINDOWS_SECONDS = {"1h": 3600.0, **WINDOWS_SECONDS}
 
 
-def _round(x: float | None) -> float | None:
-    return None if x is None else round(x, 6)
+def _rounded(values: list[float | None]) -> list[float | None]:
+    """Six decimals (stored buckets are float32: the rest is noise, and bytes on the wire)."""
+    r = round
+    return [None if v is None else r(v, 6) for v in values]
 
 
 def availability_json(a: Availability) -> dict[str, Any]:
@@ -81,8 +83,7 @@ class ClientHistory:
             "startAt": iso(plan.start),
             "points": plan.n,
             "count": series.count,
-            "metrics": {name: {"min": [_round(v) for v in lo], "avg": [_round(v) for v in avg],
-                               "max": [_round(v) for v in hi]}
+            "metrics": {name: {"min": _rounded(lo), "avg": _rounded(avg), "max": _rounded(hi)}
                         for name, (lo, avg, hi) in series.stats.items()},
         }
 

@@ -1,13 +1,16 @@
 // rpad dashboard: the client list, live over the hub's WebSocket (SPEC §8).
 //
-// Data flow: `servers` (SERVER_LIST, the full list on subscribe and every push interval)
-// is the source of truth; `client_status` events and `heartbeat` events update rows between
-// pushes; `notifications` become toasts. Rendering is batched per animation frame and only
-// touches the DOM nodes whose text changed, so a list of a few thousand clients stays smooth.
+// Data flow: a windowed subscription to `servers` (SERVER_WINDOW: the page the filter, search,
+// sort and pager ask for, with the fleet's counts, pushed by rpad only when that page changed)
+// is the source of truth, so a fleet of 100,000 clients costs the page its 50 rows;
+// `notifications` become toasts. (SERVER_LIST and deltas are still understood.) Rendering is
+// batched per animation frame and only touches the DOM nodes whose text changed.
 
 import { RpadClient, backoffDelay, clearToken, saveToken, tokenFromPage } from "./rpad-client.js";
 
-const TOPICS = ["servers", "client_status", "heartbeat", "notifications"];
+const TOPICS = ["servers", "notifications"];
+const PAGE_SIZE = 50;
+const SEARCH_DELAY_MS = 200;
 const CONFIG_URL = "/api/v1/dashboard-config";
 const MAX_ATTEMPTS = 10;
 const MAX_TOASTS = 5;
@@ -23,6 +26,7 @@ const ui = {
   rows: $("client-rows"), empty: $("empty"), emptyTitle: $("empty-title"), emptyText: $("empty-text"),
   search: $("search"), toasts: $("toasts"), shown: $("shown-count"), footInfo: $("foot-info"),
   dialog: $("token-dialog"), form: $("token-form"), tokenInput: $("token-input"), tokenError: $("token-error"),
+  pager: $("pager"), prev: $("page-prev"), next: $("page-next"), pageInfo: $("page-info"),
 };
 
 const state = {
@@ -41,7 +45,30 @@ const state = {
   configAttempt: 0,
   listAt: 0,            // Date.now() of the last SERVER_LIST
   unknown: 0,
+  offset: 0,            // the page's first row (windowed subscription)
+  page: null,           // client ids of the page, in order (null: full-list mode)
+  counts: null,         // {total, online, offline, unknown, matching} of the page's view
+  searchTimer: null,
 };
+
+// -- the windowed subscription -------------------------------------------------------------------
+
+function viewOf() {
+  return { filter: state.filter, q: state.query, tag: null,
+           sort: (state.sort.dir === "desc" ? "-" : "") + state.sort.key,
+           offset: state.offset, limit: PAGE_SIZE };
+}
+
+function sameView(v) {
+  const w = viewOf();
+  return v && v.filter === w.filter && v.q === w.q && v.sort === w.sort && v.offset === w.offset;
+}
+
+function updateView({ keepOffset = false } = {}) {
+  if (!keepOffset) state.offset = 0;
+  if (state.client) state.client.setOptions("servers", { view: viewOf() });
+  scheduleRender();
+}
 
 // -- formatting ----------------------------------------------------------------------------------
 
@@ -163,7 +190,8 @@ function createRow(id) {
   tdStatus.append(r.pill);
 
   const tdClient = cell("cell-client");
-  r.name = el("div", "client-name");
+  r.name = el("a", "client-name");
+  r.name.href = `#/clients/${encodeURIComponent(id)}`;
   r.sub = el("div", "client-sub");
   r.id = el("span", "mono");
   r.tags = el("span", "client-tags");
@@ -287,6 +315,10 @@ function scheduleRender() {
 }
 
 function render() {
+  if (state.page !== null) {
+    renderWindow();
+    return;
+  }
   const all = [...state.clients.values()];
   const counts = { online: 0, offline: 0, unknown: 0 };
   let cpuSum = 0, cpuN = 0, memSum = 0, memN = 0;
@@ -377,6 +409,123 @@ function render() {
   }
 }
 
+function renderRows(visible) {
+  const keep = new Set();
+  for (const c of visible) {
+    let r = state.rows.get(c.clientId);
+    if (!r) {
+      r = createRow(c.clientId);
+      state.rows.set(c.clientId, r);
+    }
+    updateRow(r, c);
+    keep.add(c.clientId);
+  }
+  for (const [id, r] of state.rows) {
+    if (!keep.has(id)) {
+      r.tr.remove();
+      state.rows.delete(id);
+    }
+  }
+  const tbody = ui.rows;
+  visible.forEach((c, i) => {
+    const tr = state.rows.get(c.clientId).tr;
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
+  for (const id of state.flashes) {
+    const r = state.rows.get(id);
+    if (r) {
+      r.tr.classList.remove("flash");
+      void r.tr.offsetWidth; // restart the animation
+      r.tr.classList.add("flash");
+    }
+  }
+  state.flashes.clear();
+  for (const id of state.beats) {
+    const r = state.rows.get(id);
+    if (r) {
+      r.beatDot.classList.remove("beating");
+      void r.beatDot.offsetWidth;
+      r.beatDot.classList.add("beating");
+    }
+  }
+  state.beats.clear();
+}
+
+// A page of the fleet (windowed subscription): rows in rpad's order, counts of the whole fleet.
+function renderWindow() {
+  const visible = state.page.map((id) => state.clients.get(id)).filter(Boolean);
+  renderRows(visible);
+  const n = state.counts || { total: 0, online: 0, offline: 0, unknown: 0, matching: 0 };
+  let cpuSum = 0, cpuN = 0, memSum = 0, memN = 0;
+  for (const c of visible) {
+    if (c.status !== "online") continue;
+    const cpu = cpuPercent(c.latestMetrics);
+    if (cpu !== null) { cpuSum += cpu; cpuN++; }
+    const mem = memPercent(c.latestMetrics);
+    if (mem !== null) { memSum += mem; memN++; }
+  }
+  const total = n.total;
+  setText($("count-all"), state.loaded ? String(total) : "–");
+  setText($("count-online"), state.loaded ? String(n.online) : "–");
+  setText($("count-offline"), state.loaded ? String(n.offline) : "–");
+  updateFreshness(n.unknown);
+  setText($("online-share"), total ? `${Math.round((100 * n.online) / total)}% of the fleet` : "\u00a0");
+  setText($("offline-note"), n.offline ? "need attention" : state.loaded ? "all clear" : "\u00a0");
+  setText($("avg-cpu"), cpuN ? `${Math.round(cpuSum / cpuN)}%` : "–");
+  setText($("avg-mem"), memN ? `memory ${Math.round(memSum / memN)}% avg (this page)` : "\u00a0");
+  setText($("filter-count-all"), String(total));
+  setText($("filter-count-online"), String(n.online));
+  setText($("filter-count-offline"), String(n.offline));
+  const first = visible.length ? state.offset + 1 : 0;
+  const last = state.offset + visible.length;
+  let shown = "";
+  if (state.loaded) {
+    shown = n.matching <= visible.length && state.offset === 0
+      ? `Showing ${visible.length} of ${total} client${total === 1 ? "" : "s"}`
+      : `Showing ${first}–${last} of ${n.matching} matching · ${total} client${total === 1 ? "" : "s"}`;
+  }
+  setText(ui.shown, shown);
+  ui.pager.hidden = !(n.matching > PAGE_SIZE || state.offset > 0);
+  ui.prev.disabled = state.offset === 0;
+  ui.next.disabled = last >= n.matching;
+  setText(ui.pageInfo, n.matching ? `${first}–${last} of ${n.matching}` : "");
+  document.title = n.offline ? `(${n.offline} offline) rpad · fleet` : "rpad · fleet";
+  if (visible.length) {
+    ui.empty.hidden = true;
+  } else {
+    ui.empty.hidden = false;
+    if (!state.loaded) {
+      setText(ui.emptyTitle, "Waiting for data…");
+      ui.emptyText.replaceChildren();
+    } else if (!total) {
+      setText(ui.emptyTitle, "No clients yet");
+      const code = el("code", null, `rpad agent --url ${location.origin} --client-id ${"$(hostname)"} --token-file agent.token`);
+      ui.emptyText.replaceChildren("Clients appear here with their first heartbeat. Run an agent on any Linux host: ", code);
+    } else {
+      setText(ui.emptyTitle, "No clients match");
+      ui.emptyText.replaceChildren(state.query ? `Nothing matches “${state.query}” in this view.` : "No clients in this view.");
+    }
+  }
+}
+
+function applyWindow(d) {
+  if (!sameView(d.view)) return;  // a page of a view since replaced
+  const servers = Array.isArray(d.servers) ? d.servers : [];
+  const next = new Map();
+  for (const s of servers) {
+    if (!s || !s.clientId) continue;
+    const prev = state.clients.get(s.clientId);
+    if (state.loaded && prev && changed(prev, s)) state.flashes.add(s.clientId);
+    if (state.loaded && prev && prev.lastHeartbeatAt !== s.lastHeartbeatAt) state.beats.add(s.clientId);
+    next.set(s.clientId, s);
+  }
+  state.clients = next;
+  state.page = servers.map((s) => s.clientId);
+  state.counts = d.counts || null;
+  state.loaded = true;
+  state.listAt = Date.now();
+}
+
 function updateFreshness(unknown = state.unknown) {
   state.unknown = unknown;
   const parts = [];
@@ -423,7 +572,11 @@ function applyList(servers, { replace }) {
 function onEvent(msg) {
   const d = msg.data || {};
   switch (msg.type) {
+    case "SERVER_WINDOW":
+      applyWindow(d);
+      break;
     case "SERVER_LIST":
+      state.page = null;
       applyList(Array.isArray(d.servers) ? d.servers : [], { replace: true });
       break;
     case "SERVER_LIST_DELTA":  // push.mode = "delta": only what changed since the last push
@@ -592,6 +745,7 @@ async function start(token) {
     return;
   }
   const client = new RpadClient({ url: wsUrl, token, topics: TOPICS, maxAttempts: MAX_ATTEMPTS });
+  client.setOptions("servers", { view: viewOf() });
   state.client = client;
   client.addEventListener("state", (e) => { if (client === state.client) showState(e.detail.state, e.detail); });
   client.addEventListener("established", (e) => {
@@ -621,15 +775,30 @@ function wireUi() {
     b.addEventListener("click", () => {
       state.filter = b.dataset.filter;
       for (const o of document.querySelectorAll("[data-filter]")) o.setAttribute("aria-pressed", String(o === b));
-      scheduleRender();
+      updateView();
     });
   }
   ui.search.addEventListener("input", () => {
-    state.query = ui.search.value.trim().toLowerCase();
-    scheduleRender();
+    clearTimeout(state.searchTimer);
+    state.searchTimer = setTimeout(() => {
+      state.query = ui.search.value.trim().toLowerCase();
+      updateView();
+    }, SEARCH_DELAY_MS);
   });
   ui.search.addEventListener("keydown", (e) => {
-    if (e.key === "Escape") { ui.search.value = ""; state.query = ""; ui.search.blur(); scheduleRender(); }
+    if (e.key === "Escape") { ui.search.value = ""; state.query = ""; ui.search.blur(); updateView(); }
+  });
+  ui.prev.addEventListener("click", () => {
+    state.offset = Math.max(0, state.offset - PAGE_SIZE);
+    updateView({ keepOffset: true });
+  });
+  ui.next.addEventListener("click", () => {
+    state.offset += PAGE_SIZE;
+    updateView({ keepOffset: true });
+  });
+  ui.rows.addEventListener("click", (e) => {
+    const tr = e.target.closest("tr[data-client-id]");
+    if (tr && !e.target.closest("a")) location.hash = `#/clients/${encodeURIComponent(tr.dataset.clientId)}`;
   });
   document.addEventListener("keydown", (e) => {
     if (e.key === "/" && document.activeElement !== ui.search && ui.dialog.hidden) {
@@ -646,7 +815,7 @@ function wireUi() {
       for (const o of document.querySelectorAll("th [data-sort]")) {
         if (o === b) o.dataset.dir = state.sort.dir; else delete o.dataset.dir;
       }
-      scheduleRender();
+      updateView();
     });
   }
   document.querySelector(`th [data-sort="${state.sort.key}"]`).dataset.dir = state.sort.dir;

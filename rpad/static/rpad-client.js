@@ -104,6 +104,7 @@ export class RpadClient extends EventTarget {
     this.url = url;
     this.token = token || "";
     this.topics = new Set(topics);
+    this.topicOptions = new Map();  // topic → extra subscribe fields (e.g. {view} on servers)
     this.maxAttempts = maxAttempts;
     this.backoff = { ...DEFAULT_BACKOFF, ...backoff };
     this.pingIntervalMs = pingIntervalMs;
@@ -161,6 +162,17 @@ export class RpadClient extends EventTarget {
 
   subscribe(topic) {
     if (this.topics.has(topic)) return;
+    this.topics.add(topic);
+    if (this.state === "connected") this._subscribe(topic);
+  }
+
+  /**
+   * Extra fields of a topic's subscribe (for `servers`: `{view: {filter, q, tag, sort, offset,
+   * limit}}`, a windowed subscription: SERVER_WINDOW pages instead of SERVER_LIST). Sent again
+   * at once when connected, and on every reconnection.
+   */
+  setOptions(topic, options) {
+    this.topicOptions.set(topic, options || {});
     this.topics.add(topic);
     if (this.state === "connected") this._subscribe(topic);
   }
@@ -266,7 +278,7 @@ export class RpadClient extends EventTarget {
   }
 
   _subscribe(topic) {
-    const message = { action: "subscribe", topic };
+    const message = { ...(this.topicOptions.get(topic) || {}), action: "subscribe", topic };
     if (this.lastSeq.has(topic)) message.since = this.lastSeq.get(topic);
     this.send(message);
   }

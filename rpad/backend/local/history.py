@@ -35,6 +35,7 @@ import contextlib
 import logging
 import math
 import sqlite3
+from array import array
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -245,7 +246,7 @@ class LocalHistory:
                 seen.add(start)
             for start, acc in self.down.open_buckets(client_id, plan.tier):
                 if start not in seen:  # closed and stored while the read ran: counted once
-                    grid.add_bucket(start, acc)
+                    grid.add_bucket(start, array("d", acc))
         return grid.series(names)
 
     async def runs(self, since: float) -> list[Run]:
