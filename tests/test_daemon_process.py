@@ -53,6 +53,9 @@ state_dir = "{tmp_path / 'state'}"
 [http]
 listen = "127.0.0.1:0"
 graceful_timeout_seconds = 10.0
+# These tests load rpad from one address with more new connections at once than the
+# per-address cap on unauthenticated connections allows (tests/test_listeners.py tests it).
+max_connections_per_address = 1000
 [websocket]
 listen = "127.0.0.1:0"
 [presence]
