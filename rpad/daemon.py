@@ -50,7 +50,7 @@ from .service.alerts import Alerts
 from .service.client_history import ClientHistory
 from .service.feeds import Feeds
 from .service.gate import Gate
-from .service.periodic import ServerListPusher, StatsPusher, run_sweeper
+from .service.periodic import ServerListPusher, StatsPusher, Sweeper
 from .service.presence import Presence
 from .systemd import Notifier, run_watchdog
 
@@ -110,6 +110,7 @@ class Daemon:
         self.hyper: HyperConfig | None = None
         self.history: LocalHistory
         self.windows: WindowPusher
+        self.sweeper: Sweeper
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
@@ -170,6 +171,9 @@ class Daemon:
         self.alerts = Alerts(cfg.alerts)
         self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
         self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)
+        self.sweeper = Sweeper(self.presence, lambda: self.config.presence.check_interval_seconds,
+                               wall_clock=self.wall_clock)
+        self.presence.on_deadline_change = self.sweeper.poke
         hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
                              counters=counters, wall_clock=self.wall_clock,
                              trusted_proxies=frozenset(cfg.http.trusted_proxies),
@@ -241,8 +245,7 @@ class Daemon:
                 async def run_periodic() -> None:
                     with periodic:
                         async with trio.open_nursery() as tasks:
-                            await tasks.start(run_sweeper, presence,
-                                              lambda: self.config.presence.check_interval_seconds)
+                            await tasks.start(self.sweeper.run)
                             await tasks.start(self.server_list.run)
                             await tasks.start(self.windows.run)
                             await tasks.start(self.stats_pusher.run)
@@ -327,6 +330,7 @@ class Daemon:
         self.failures.max_per_window = new.auth.max_failures_per_minute
         self.backend.reconfigure(new.presence)
         self.history.reconfigure(new.history)
+        self.sweeper.poke()  # new timeouts: new deadlines
         # The sweeper and the pushers re-read their intervals from self.config every round.
         self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,
                                max_batch=new.storage.max_batch,

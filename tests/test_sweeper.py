@@ -1,8 +1,12 @@
 """The sweeper on Trio's fake clock, with exact times.
 
-The clock here is a :class:`trio.testing.MockClock` that the test moves itself, in steps of
-half a second, after letting everything settle: every task blocked and every staged write
-committed. An autojumping clock cannot give exact times in these tests: it also jumps while a
+The sweeper marks a client offline at its own deadline (its last heartbeat plus its timeout,
+plus the 1 ms slack that makes it *older* than the timeout), with
+``presence.check_interval_seconds`` only an upper bound between sweeps.
+
+The clock here is a :class:`trio.testing.MockClock` that the test moves itself, to the next
+moment some task sleeps until (or by half a second at most), after letting everything settle:
+every task blocked and every staged write committed. An autojumping clock cannot give exact times in these tests: it also jumps while a
 commit runs in a worker thread (every task is then blocked), so a sweep that awaits its commit
 would let the clock run past the next sweep. With the clock moved by hand, virtual time stands
 still during HTTP requests and commits, and heartbeats, sweeps and checks happen exactly at the
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 
 from rpad.backend.local.presence import LocalPresence
@@ -27,7 +32,7 @@ from rpad.config import Config
 from rpad.core.model import Event
 from rpad.core.registry import Registry
 from rpad.core.validation import Heartbeat, Registration
-from rpad.service.periodic import run_sweeper
+from rpad.service.periodic import DEADLINE_SLACK_SECONDS, Sweeper, run_sweeper
 from rpad.service.presence import Presence
 
 from .conftest import FAKE_WALL_ORIGIN, Running, fake_wall_clock, start_daemon
@@ -62,7 +67,9 @@ class Driver:
     async def advance_to(self, t: float) -> None:
         await self.settle()
         while trio.current_time() < t:
-            self.clock.jump(min(STEP, t - trio.current_time()))
+            # To the next timer exactly (a sweep at a deadline happens at its own time).
+            to_next = trio.lowlevel.current_statistics().seconds_to_next_deadline
+            self.clock.jump(max(0.0, min(STEP, to_next, t - trio.current_time())))
             await self.settle()
 
 
@@ -103,13 +110,27 @@ async def presence(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Prese
     await trio.to_thread.run_sync(store.close)
 
 
-async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
+SLACK = DEADLINE_SLACK_SECONDS
+# Deadlines are wall-clock epoch seconds (1.7e9) turned into Trio times: exact to a few
+# hundred nanoseconds of float rounding, so times below are compared to the microsecond.
+US = 1e-6
+
+
+def at(t: float) -> Any:
+    """A wall-clock time equal to ``wall(t)`` to the microsecond."""
+    return pytest.approx(wall(t), abs=US)
+
+
+async def test_offline_exactly_at_each_clients_deadline(
         clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
     drive = Driver(clock, lambda: store_of(presence))
     registry = presence.view
     await presence.register(Registration("long", heartbeat_timeout_seconds=20.0))
     s = trio.current_time()
-    await nursery.start(run_sweeper, presence, lambda: CHECK)  # sweeps at s+3, s+6, ...
+    # The upper bound is far away: every sweep below happens at a deadline.
+    sweeper = Sweeper(presence, lambda: 1000.0, wall_clock=presence.wall_clock)
+    presence.on_deadline_change = sweeper.poke
+    await nursery.start(sweeper.run)
 
     async def beat_at(t: float, cid: str, fields: dict[str, Any]) -> None:
         await trio.sleep_until(s + t)
@@ -117,16 +138,17 @@ async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
 
     # (client, its beats, when it must be marked offline, why)
     plan: list[tuple[str, list[tuple[float, dict[str, Any]]], float, str]] = [
-        # last beat at 1.5: timed out after 11.5, so the sweep at 12
-        ("a", [(1.5, {})], 12.0, "timeout"),
-        # last beat at 2: at the sweep at 12 it is exactly 10 s old, not older; so 15
-        ("b", [(2.0, {})], 15.0, "timeout"),
-        # registered with a 20 s timeout: older than 20 s after 21, so 24
-        ("long", [(1.0, {})], 24.0, "timeout"),
-        # declares a 9 s interval, so its timeout is 18 s: after 19, so 21
-        ("slow", [(1.0, {"interval_seconds": 9.0})], 21.0, "timeout"),
-        # beats every 5 s until 31: after 41, so 42
-        ("steady", [(t, {}) for t in (1.0, 6.0, 11.0, 16.0, 21.0, 26.0, 31.0)], 42.0, "timeout"),
+        # last beat at 1.5, 10 s timeout: offline at 11.5 (+ the slack)
+        ("a", [(1.5, {})], 11.5 + SLACK, "timeout"),
+        # last beat at 2: 12
+        ("b", [(2.0, {})], 12.0 + SLACK, "timeout"),
+        # registered with a 20 s timeout: 21
+        ("long", [(1.0, {})], 21.0 + SLACK, "timeout"),
+        # declares a 9 s interval, so its timeout is 18 s: 19
+        ("slow", [(1.0, {"interval_seconds": 9.0})], 19.0 + SLACK, "timeout"),
+        # beats every 5 s until 31: 41
+        ("steady", [(t, {}) for t in (1.0, 6.0, 11.0, 16.0, 21.0, 26.0, 31.0)], 41.0 + SLACK,
+         "timeout"),
         # a clean shutdown is offline at once, not at a sweep
         ("quits", [(1.0, {}), (4.0, {"status": "offline"})], 4.0, "agent_shutdown"),
     ]
@@ -136,12 +158,12 @@ async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
 
     # Just before each expected moment the client is online; just after, offline since then.
     for cid, _, offline_at, _ in sorted(plan, key=lambda p: p[2]):
-        await drive.advance_to(s + offline_at - STEP)
+        await drive.advance_to(s + offline_at - 2 * SLACK)
         assert registry.get(cid).status == "online", cid  # type: ignore[union-attr]
-        await drive.advance_to(s + offline_at)
+        await drive.advance_to(s + offline_at + US)
         c = registry.get(cid)
         assert c is not None
-        assert (c.status, c.offline_since) == ("offline", wall(s + offline_at)), cid
+        assert (c.status, c.offline_since) == ("offline", at(s + offline_at)), cid
 
     # What the sweeper decided is in the database, with the reason.
     db = sqlite3.connect(store_of(presence).path)
@@ -152,24 +174,57 @@ async def test_offline_at_exactly_the_first_sweep_after_the_timeout(
                              "WHERE status = 'offline' ORDER BY at").fetchall()
     finally:
         db.close()
-    assert rows == {cid: wall(s + at) for cid, _, at, _ in plan}
-    assert history == [(cid, wall(s + at), "offline", reason)
-                       for cid, _, at, reason in sorted(plan, key=lambda p: p[2])]
+    assert rows == {cid: at(s + t) for cid, _, t, _ in plan}
+    assert history == [(cid, at(s + t), "offline", reason)
+                       for cid, _, t, reason in sorted(plan, key=lambda p: p[2])]
+    # One sweep per deadline (a, b, slow, long, steady), none on the upper bound.
+    assert (sweeper.sweeps, sweeper.deadline_sweeps) == (5, 5)
 
 
-async def test_a_new_interval_applies_from_the_next_round(
+async def test_a_registration_with_a_shorter_timeout_brings_the_alarm_forward(
+        clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
+    drive = Driver(clock, lambda: store_of(presence))
+    s = trio.current_time()
+    sweeper = Sweeper(presence, lambda: 1000.0, wall_clock=presence.wall_clock)
+    presence.on_deadline_change = sweeper.poke
+    await nursery.start(sweeper.run)
+    await presence.heartbeat(Heartbeat(client_id="a"))  # deadline s+10: the alarm
+    await drive.advance_to(s + 2)
+    await presence.register(Registration("a", heartbeat_timeout_seconds=3.0))  # now s+3
+    await drive.advance_to(s + 3 + SLACK + US)
+    assert presence.view.get("a").offline_since == at(s + 3 + SLACK)  # type: ignore[union-attr]
+    # A first heartbeat (a client coming online) sets an alarm too.
+    await presence.heartbeat(Heartbeat(client_id="b"))
+    await drive.advance_to(s + 13 + 2 * SLACK + US)
+    assert presence.view.get("b").offline_since == at(s + 13 + 2 * SLACK)  # type: ignore[union-attr]
+
+
+async def test_the_check_interval_is_an_upper_bound_and_applies_from_the_next_round(
         clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
     drive = Driver(clock, lambda: store_of(presence))
     interval = [CHECK]
     s = trio.current_time()
-    await nursery.start(run_sweeper, presence, lambda: interval[0])
-    await presence.heartbeat(Heartbeat(client_id="a"))  # at s
+    sweeper = Sweeper(presence, lambda: interval[0], wall_clock=presence.wall_clock)
+    await nursery.start(sweeper.run)
     await drive.advance_to(s + 1)
     interval[0] = 7.0  # the round already scheduled (s+3) stays; then s+10, s+17
     await drive.advance_to(s + 16.5)
-    assert presence.view.get("a").status == "online"  # type: ignore[union-attr]
+    assert (sweeper.sweeps, sweeper.deadline_sweeps) == (2, 0)
+    # Nobody told the sweeper of this client (no poke): the upper bound finds it.
+    await presence.backend.heartbeats([Heartbeat(client_id="a")], wall(s + 16.5) - 12, None)
     await drive.advance_to(s + 17)
     assert presence.view.get("a").offline_since == wall(s + 17)  # type: ignore[union-attr]
+    assert (sweeper.sweeps, sweeper.deadline_sweeps) == (3, 0)
+
+
+async def test_run_sweeper_still_runs_a_sweeper(
+        clock: trio.testing.MockClock, presence: Presence, nursery: trio.Nursery) -> None:
+    drive = Driver(clock, lambda: store_of(presence))
+    s = trio.current_time()
+    await nursery.start(run_sweeper, presence, lambda: CHECK)
+    await presence.heartbeat(Heartbeat(client_id="a"))
+    await drive.advance_to(s + TIMEOUT + SLACK + US)
+    assert presence.view.get("a").offline_since == at(s + TIMEOUT + SLACK)  # type: ignore[union-attr]
 
 
 # -- the whole daemon on the fake clock --------------------------------------------------------
@@ -204,7 +259,7 @@ class Daemons:
         self.running = None
 
 
-async def test_daemon_sweeps_a_silent_client_offline_at_the_first_sweep_after(
+async def test_daemon_sweeps_a_silent_client_offline_at_its_deadline(
         clock: trio.testing.MockClock, make_config: Callable[..., Config]) -> None:
     daemons = Daemons(clock)
     drive = daemons.drive
@@ -222,15 +277,16 @@ async def test_daemon_sweeps_a_silent_client_offline_at_the_first_sweep_after(
         assert beat_a["serverTime"] == beat_b["serverTime"] == "2026-01-01T00:00:01.000Z"
         assert (beat_a["timeoutSeconds"], beat_b["timeoutSeconds"]) == (TIMEOUT, 25.0)
 
-        # a: older than 10 s after 11, so the sweep at 12; b: after 26, so the sweep at 27.
-        for cid, offline_at in (("a", 12.0), ("b", 27.0)):
-            await drive.advance_to(s + offline_at - STEP)
+        # a: its deadline is 11, b's 26 (the check interval, 3 s, plays no part).
+        for cid, offline_at in (("a", 11.0 + SLACK), ("b", 26.0 + SLACK)):
+            await drive.advance_to(s + offline_at - 2 * SLACK)
             view = (await rpad.request("GET", f"/api/v1/clients/{cid}")).json()
             assert view["status"] == "online", cid
-            await drive.advance_to(s + offline_at)
+            await drive.advance_to(s + offline_at + US)
             view = (await rpad.request("GET", f"/api/v1/clients/{cid}")).json()
+            # ISO times carry milliseconds.
             assert (view["status"], parse_time(view["offlineSince"])) == (
-                "offline", wall(s + offline_at)), cid
+                "offline", pytest.approx(wall(s + offline_at), abs=0.001)), cid
             events = (await rpad.request("GET", f"/api/v1/clients/{cid}/events")).json()
             assert events["events"][0] == {"at": view["offlineSince"], "status": "offline",
                                            "reason": "timeout"}
@@ -261,24 +317,26 @@ async def test_startup_grace_prevents_a_false_offline_storm(
         await drive.advance_to(r + 5)
         assert (await rpad.heartbeat("c0")).json()["serverTime"] == "2026-01-01T00:01:45.000Z"
 
-        # Sweeps at r+3, r+6, r+9 are inside the grace: nobody is marked offline.
-        await drive.advance_to(r + 11.5)
+        # Every deadline has passed, but the grace holds them all until r+10.
+        await drive.advance_to(r + 10)
         body = (await rpad.request("GET", "/api/v1/clients?status=offline")).json()
         assert body["total"] == 0
-        # The first sweep after the grace, at r+12, marks those that did not come back.
-        await drive.advance_to(r + 12)
+        # At the end of the grace, those that did not come back are marked offline.
+        await drive.advance_to(r + 10 + SLACK + US)
         body = (await rpad.request("GET", "/api/v1/clients")).json()
         views = {v["clientId"]: v for v in body["clients"]}
         offline = {cid: parse_time(v["offlineSince"]) for cid, v in views.items()
                    if v["status"] == "offline"}
-        assert offline == {cid: wall(r + 12) for cid in clients[1:]}
+        assert offline == {cid: pytest.approx(wall(r + 10 + SLACK), abs=0.001)
+                           for cid in clients[1:]}
         assert views["c0"]["status"] == "online"
-        # c0 times out on its own schedule: older than 10 s after r+15, so the sweep at r+18.
-        await drive.advance_to(r + 17.5)
+        # c0 times out on its own schedule: at r+15.
+        await drive.advance_to(r + 15)
         assert (await rpad.request("GET", "/api/v1/clients/c0")).json()["status"] == "online"
-        await drive.advance_to(r + 18)
+        await drive.advance_to(r + 15 + SLACK + US)
         view = (await rpad.request("GET", "/api/v1/clients/c0")).json()
-        assert (view["status"], parse_time(view["offlineSince"])) == ("offline", wall(r + 18))
+        assert (view["status"], parse_time(view["offlineSince"])) == (
+            "offline", pytest.approx(wall(r + 15 + SLACK), abs=0.001))
         await daemons.stop()
 
 
@@ -296,11 +354,12 @@ async def test_configured_startup_grace(
         r = trio.current_time()
         rpad = await daemons.start(nursery, cfg)
         assert rpad.daemon.presence.view.grace_until == wall(r + 20)  # type: ignore[union-attr]
-        await drive.advance_to(r + 20.5)
+        await drive.advance_to(r + 20)
         assert (await rpad.request("GET", "/api/v1/clients/a")).json()["status"] == "online"
-        await drive.advance_to(r + 21)
+        await drive.advance_to(r + 20 + SLACK + US)
         view = (await rpad.request("GET", "/api/v1/clients/a")).json()
-        assert (view["status"], parse_time(view["offlineSince"])) == ("offline", wall(r + 21))
+        assert (view["status"], parse_time(view["offlineSince"])) == (
+            "offline", pytest.approx(wall(r + 20 + SLACK), abs=0.001))
         await daemons.stop()
 
 

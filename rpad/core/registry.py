@@ -35,6 +35,9 @@ from .model import (
 from .times import iso
 from .validation import Heartbeat, Registration
 
+# A lane of the sweep index: (registered timeout, declared interval).
+_LaneKey = tuple[float | None, float | None]
+
 # Removals remembered for delta pushes (``push.mode = "delta"``).
 MAX_REMOVALS_KEPT = 10_000
 
@@ -75,16 +78,17 @@ class Registry:
         self._online = 0
         self._revision = 0
         self._next_order = 0
-        # The sweep's index: online clients by last heartbeat, oldest first. Heartbeats come in
-        # wall-clock order, so moving a client to the end at each one keeps it sorted, and a
-        # sweep reads only its front: a client younger than the shortest timeout in force has
-        # not timed out, nor has anyone after it. A wall clock stepped back breaks the order;
-        # the next sweep then scans every client (the plain sweep) and rebuilds the index.
-        self._by_last: OrderedDict[str, Client] = OrderedDict()
+        # The sweep's index: online clients in lanes, one per timeout rule (the registered
+        # timeout and the declared interval: the clients whose effective timeout is the same
+        # function of the default), each lane in last-heartbeat order. Heartbeats come in
+        # wall-clock order, so moving a client to the end of its lane at each one keeps the
+        # lane sorted, and so sorted by deadline: a sweep reads only the front of each lane,
+        # and the next deadline is the earliest front's. A wall clock stepped back breaks the
+        # order; the next sweep then scans every client (the plain sweep) and rebuilds it.
+        self._lanes: dict[_LaneKey, OrderedDict[str, Client]] = {}
+        self._lane_of: dict[str, _LaneKey] = {}
         self._latest_beat = -math.inf
         self._index_valid = True
-        # A lower bound of the registered timeouts (exact after each rebuild).
-        self._min_registered_timeout = math.inf
         # (revision, client id) of recent removals, for delta pushes; the oldest are let go
         # past MAX_REMOVALS_KEPT (a delta from before then is refused: send the full list).
         self._removals: list[tuple[int, str]] = []
@@ -165,16 +169,22 @@ class Registry:
                 + dumps(sorted(set(removed))) + "}")
 
     def next_deadline(self) -> float | None:
-        """A wall-clock time before which nobody can time out (the oldest heartbeat of an online
-        client plus the shortest timeout in force, and not before the start-up grace ends), or
-        None when nobody is online."""
-        for client in self._by_last.values():
-            last = client.last_heartbeat_at
-            if last is None:
-                return self.grace_until
-            floor = min(self._default_timeout_seconds, self._min_registered_timeout)
-            return max(last + floor, self.grace_until)
-        return None
+        """The wall-clock time at which the next online client times out (its last heartbeat
+        plus its effective timeout: it is marked offline by a sweep at any moment after
+        that), not before the start-up grace ends; None when nobody is online. Exact, and
+        O(number of distinct timeout rules): the earliest front of the lanes."""
+        deadline = math.inf
+        default = self._default_timeout_seconds
+        for lane in self._lanes.values():
+            for client in lane.values():
+                last = client.last_heartbeat_at
+                if last is None:
+                    return self.grace_until
+                deadline = min(deadline, last + client.effective_timeout(default))
+                break
+        if deadline == math.inf:
+            return None
+        return max(deadline, self.grace_until)
 
     def timeout_of(self, client: Client) -> float:
         return client.effective_timeout(self.default_timeout_seconds)
@@ -201,12 +211,51 @@ class Registry:
     def _rebuild_index(self) -> None:
         online = [c for c in self._clients.values() if c.status == ONLINE]
         online.sort(key=lambda c: -math.inf if c.last_heartbeat_at is None else c.last_heartbeat_at)
-        self._by_last = OrderedDict((c.client_id, c) for c in online)
+        self._lanes = {}
+        self._lane_of = {}
+        for c in online:
+            self._index_put(c)
         self._latest_beat = max((c.last_heartbeat_at for c in online
                                  if c.last_heartbeat_at is not None), default=-math.inf)
         self._index_valid = True
-        self._min_registered_timeout = min((c.timeout_seconds for c in self._clients.values()
-                                            if c.timeout_seconds is not None), default=math.inf)
+
+    def _index_put(self, client: Client) -> None:
+        """Put an online client at the end of its lane (moving it between lanes if its timeout
+        rule changed)."""
+        cid = client.client_id
+        key = (client.timeout_seconds, client.interval_seconds)
+        old = self._lane_of.get(cid)
+        if old is not None and old != key:
+            self._index_drop(cid)
+        lane = self._lanes.get(key)
+        if lane is None:
+            lane = self._lanes[key] = OrderedDict()
+        lane[cid] = client
+        lane.move_to_end(cid)
+        self._lane_of[cid] = key
+
+    def _index_insert_sorted(self, client: Client) -> None:
+        """Put an online client into its lane at its place in last-heartbeat order (rare: a
+        registration that changes an online client's timeout)."""
+        key = (client.timeout_seconds, client.interval_seconds)
+        lane = self._lanes.get(key, OrderedDict())
+        last = client.last_heartbeat_at if client.last_heartbeat_at is not None else -math.inf
+        items = list(lane.items())
+        at = len(items)
+        while at and (items[at - 1][1].last_heartbeat_at or -math.inf) > last:
+            at -= 1
+        items.insert(at, (client.client_id, client))
+        self._lanes[key] = OrderedDict(items)
+        self._lane_of[client.client_id] = key
+
+    def _index_drop(self, client_id: str) -> None:
+        key = self._lane_of.pop(client_id, None)
+        if key is None:
+            return
+        lane = self._lanes[key]
+        del lane[client_id]
+        if not lane:
+            del self._lanes[key]
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -299,10 +348,9 @@ class Registry:
                 self._latest_beat = now
             else:  # the wall clock was stepped back: the index is out of order
                 self._index_valid = False
-            self._by_last[client.client_id] = client
-            self._by_last.move_to_end(client.client_id)
+            self._index_put(client)
         else:
-            self._by_last.pop(client.client_id, None)
+            self._index_drop(client.client_id)
         events.append(
             Event(
                 HEARTBEAT_RECEIVED,
@@ -332,8 +380,11 @@ class Registry:
             client.tags = list(reg.tags)
         if reg.heartbeat_timeout_seconds is not None:
             client.timeout_seconds = reg.heartbeat_timeout_seconds
-            self._min_registered_timeout = min(self._min_registered_timeout,
-                                               reg.heartbeat_timeout_seconds)
+            if client.client_id in self._lane_of:
+                # A new timeout rule: to the lane of its rule, where its last heartbeat may
+                # not be the latest, so insert it in order.
+                self._index_drop(client.client_id)
+                self._index_insert_sorted(client)
         if reg.metadata is not None:
             client.metadata = reg.metadata
         self._bump(client)
@@ -344,7 +395,7 @@ class Registry:
         client = self._clients.pop(client_id, None)
         if client is None:
             raise UnknownClient(client_id)
-        self._by_last.pop(client_id, None)
+        self._index_drop(client_id)
         self._set_status(client, OFFLINE)
         self._revision += 1
         for journal in self._journals:
@@ -360,9 +411,9 @@ class Registry:
     def sweep(self, now: float) -> list[Event]:
         """Mark offline every online client whose last heartbeat is older than its timeout.
 
-        Nobody is marked offline before ``grace_until``. Reads only the front of the index
-        (the clients silent for longer than the shortest timeout), so a sweep of a large fleet
-        in which nobody has timed out costs next to nothing; the result is exactly that of
+        Nobody is marked offline before ``grace_until``. Reads only the front of each lane of
+        the index (the clients past their deadline, and one more per lane), so a sweep of a
+        large fleet in which nobody has timed out costs next to nothing; the result is exactly that of
         :meth:`sweep_all`, which it falls back to when the wall clock was stepped back.
         """
         if now < self.grace_until:
@@ -370,20 +421,18 @@ class Registry:
         if not self._index_valid or now < self._latest_beat:
             return self.sweep_all(now)
         default = self._default_timeout_seconds
-        # No effective timeout is shorter: a client heard from within it has not timed out.
-        floor = min(default, self._min_registered_timeout)
         expired: list[Client] = []
-        for client in self._by_last.values():
-            last = client.last_heartbeat_at
-            if last is not None and now - last <= floor:
-                break  # the index is in last-heartbeat order: everyone after is younger
-            if last is None or now - last > client.effective_timeout(default):
+        for lane in self._lanes.values():
+            for client in lane.values():
+                last = client.last_heartbeat_at
+                if last is not None and now - last <= client.effective_timeout(default):
+                    break  # the lane is in deadline order: everyone after is younger
                 expired.append(client)
         if len(expired) > 1:
             expired.sort(key=lambda c: c._order)  # the order of the registry, as sweep_all
         events: list[Event] = []
         for client in expired:
-            del self._by_last[client.client_id]
+            self._index_drop(client.client_id)
             self._set_status(client, OFFLINE)
             client.offline_since = now
             self._bump(client)

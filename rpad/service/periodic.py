@@ -1,8 +1,9 @@
 """Periodic tasks of the daemon: the sweeper, the ``SERVER_LIST`` pusher and the ``STATS_UPDATE``
 pusher.
 
-Each runs until cancelled, on ``trio.sleep_until`` deadlines that advance by exactly one
-interval, so the cadence does not drift and tests on a fake clock see exact times. The pushers
+Each runs until cancelled. The sweeper sleeps until the next client's deadline; the pushers
+on ``trio.sleep_until`` deadlines that advance by exactly one interval, so their cadence does
+not drift and tests on a fake clock see exact times. The pushers
 register their state topics when they are built (before the hub accepts anyone), and sleep on
 the hub while nobody is subscribed (no timer, no work).
 """
@@ -22,6 +23,10 @@ from .presence import Presence
 
 log = logging.getLogger(__name__)
 
+# The sweeper wakes this long after a deadline: a client is offline once its last heartbeat is
+# *older* than its timeout, so at the deadline itself it is not yet.
+DEADLINE_SLACK_SECONDS = 0.001
+
 
 class StateTopics(Protocol):
     """The hub's state topics (:class:`rpad.hub.fanout.Fanout`), as the pushers use them."""
@@ -38,22 +43,90 @@ class StateTopics(Protocol):
     def publish_state_json(self, topic: str, type_: str, data_json: str) -> int: ...
 
 
+class Sweeper:
+    """Marks clients offline at their own deadline.
+
+    It sleeps until the backend's next deadline (:meth:`PresenceBackend.next_deadline
+    <rpad.backend.base.PresenceBackend.next_deadline>`, the moment the next online client
+    times out) plus :data:`DEADLINE_SLACK_SECONDS`, and sweeps then; ``interval_seconds()``
+    (``presence.check_interval_seconds``, re-read each round so that a reload applies) is only
+    an upper bound between two sweeps. A write that can bring the next deadline forward (a
+    client coming online, a registration, a reload) calls :meth:`poke`, and the sweeper
+    computes its alarm again. The wall clock (deadlines) and Trio's clock (sleeping) are
+    related through ``wall_clock()`` at each round, so a wall clock that is stepped moves the
+    alarm with it.
+
+    Error handling: a sweep whose commit failed is announced anyway (see
+    :meth:`Presence.sweep`); should the backend report the same deadline again after a sweep
+    that found nothing (it should not), the sweeper waits for the upper bound instead of
+    spinning.
+    """
+
+    def __init__(self, presence: Presence, interval_seconds: Callable[[], float], *,
+                 wall_clock: Callable[[], float]) -> None:
+        self.presence = presence
+        self.interval_seconds = interval_seconds
+        self.wall_clock = wall_clock
+        self._poked = trio.Event()
+        # Counters: sweeps run, and those woken by a deadline (the rest by the upper bound).
+        self.sweeps = 0
+        self.deadline_sweeps = 0
+        # Alarms that found the deadline moved later (its client had beaten since).
+        self.rearms = 0
+
+    def poke(self) -> None:
+        """The next deadline may have come forward: compute the alarm again."""
+        self._poked.set()
+
+    def alarm(self, last_sweep: float, stuck: float | None) -> tuple[float, float | None]:
+        """(Trio time to sweep at, the deadline it is for, or None for the upper bound)."""
+        cap = last_sweep + self.interval_seconds()
+        deadline = self.presence.backend.next_deadline()
+        if deadline is None or deadline == stuck:
+            return cap, None
+        at = trio.current_time() + (deadline - self.wall_clock()) + DEADLINE_SLACK_SECONDS
+        return (at, deadline) if at < cap else (cap, None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        last_sweep = trio.current_time()
+        stuck: float | None = None
+        while True:
+            at, deadline = self.alarm(last_sweep, stuck)
+            with trio.move_on_at(at):
+                await self._poked.wait()
+            if self._poked.is_set():
+                self._poked = trio.Event()
+                if trio.current_time() < at:
+                    continue
+            if deadline is not None:
+                # The client whose deadline this was may have beaten since (deadlines only
+                # move later without a poke): then there is nothing to sweep yet.
+                now_deadline = self.presence.backend.next_deadline()
+                if now_deadline is not None and now_deadline > self.wall_clock():
+                    self.rearms += 1
+                    continue
+            last_sweep = trio.current_time()
+            events = await self.presence.sweep()
+            self.sweeps += 1
+            if deadline is not None:
+                self.deadline_sweeps += 1
+            stuck = deadline if deadline is not None and not events else None
+            if events:
+                log.debug("sweep marked %d clients offline", len(events))
+
+
 async def run_sweeper(
     presence: Presence,
     interval_seconds: Callable[[], float],
     *,
+    wall_clock: Callable[[], float] | None = None,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Every ``interval_seconds()`` (re-read each round, so a reload applies), mark clients
-    whose last heartbeat is older than their timeout offline."""
-    task_status.started()
-    deadline = trio.current_time()
-    while True:
-        deadline += interval_seconds()
-        await trio.sleep_until(deadline)
-        events = await presence.sweep()
-        if events:
-            log.debug("sweep marked %d clients offline", len(events))
+    """A :class:`Sweeper` on the presence's wall clock, run until cancelled."""
+    sweeper = Sweeper(presence, interval_seconds, wall_clock=wall_clock or presence.wall_clock)
+    presence.on_deadline_change = sweeper.poke
+    await sweeper.run(task_status=task_status)
 
 
 class ServerListPusher:

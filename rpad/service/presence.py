@@ -48,6 +48,9 @@ class Presence:
         self.feeds = feeds
         self.alerts = alerts
         self.wall_clock = wall_clock
+        # Told when the next timeout may have come forward (a client came online, a
+        # registration): the sweeper's poke.
+        self.on_deadline_change: Callable[[], None] = lambda: None
         # Counters (metrics and stats).
         self.heartbeats_by_result: dict[str, int] = {}
         self.transitions: dict[str, int] = {}
@@ -83,6 +86,8 @@ class Presence:
             return
         self.feeds.publish_events(events)
         for ev in events:
+            if ev.type == CLIENT_CONNECTED:
+                self.on_deadline_change()
             if ev.type in (CLIENT_CONNECTED, CLIENT_DISCONNECTED):
                 log.info("client %s is %s (%s)", ev.client_id,
                          "online" if ev.type == CLIENT_CONNECTED else "offline", ev.reason)
@@ -183,6 +188,7 @@ class Presence:
 
     async def register(self, reg: Registration) -> tuple[dict[str, Any], bool]:
         applied = await self.backend.register(reg, self.wall_clock())
+        self.on_deadline_change()  # a shorter timeout brings a deadline forward
         self._finish(applied)
         client, created = applied.results[0]
         return self.view.view(client), created
