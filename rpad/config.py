@@ -21,6 +21,18 @@ import cattrs
 from cattrs.errors import IterableValidationError, IterableValidationNote
 from cattrs.gen import make_dict_structure_fn
 
+from .config_alerts import (
+    ALERT_SECTIONS,
+    AlertsConfig,
+    AppriseConfig,
+    EmailConfig,
+    WebhookConfig,
+    validate_alerts,
+)
+
+__all__ = ["AlertsConfig", "AppriseConfig", "Config", "ConfigError", "EmailConfig",
+           "WebhookConfig", "from_dict", "load", "validate"]
+
 DEFAULT_STATE_DIR = "./rpad-data"
 CLIENT_ID_PATTERN = r"[A-Za-z0-9._:-]{1,128}"
 
@@ -166,36 +178,6 @@ class StorageConfig:
 
 
 @attrs.frozen
-class WebhookConfig:
-    url: str
-    events: list[str] = attrs.Factory(lambda: ["client.offline", "client.online"])
-    secret_file: str = ""
-    timeout_seconds: float = 5.0
-    max_attempts: int = 5
-    queue_size: int = 1000
-
-
-@attrs.frozen
-class EmailConfig:
-    enabled: bool = False
-    host: str = "127.0.0.1"
-    port: int = 25
-    starttls: bool = False
-    username: str = ""
-    password_file: str = ""
-    sender: str = "rpad@localhost"
-    recipients: list[str] = attrs.Factory(list)
-    events: list[str] = attrs.Factory(lambda: ["client.offline", "client.online"])
-    timeout_seconds: float = 10.0
-
-
-@attrs.frozen
-class AlertsConfig:
-    webhooks: list[WebhookConfig] = attrs.Factory(list)
-    email: EmailConfig = attrs.Factory(EmailConfig)
-
-
-@attrs.frozen
 class MetricsConfig:
     public: bool = False
 
@@ -287,9 +269,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook_factory(_is_list_type, _list_hook)
     sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, HistoryConfig,
-                AuthConfig,
-                StorageConfig, WebhookConfig, EmailConfig, AlertsConfig, MetricsConfig,
-                LoggingConfig)
+                AuthConfig, StorageConfig, MetricsConfig, LoggingConfig, *ALERT_SECTIONS)
     # A factory, so that a section's hook exists before the hook of the table holding it.
     conv.register_structure_hook_factory(lambda t: t in sections, lambda t: _table(t, conv))
     return conv
@@ -455,23 +435,7 @@ def validate(cfg: Config) -> None:
     if cfg.storage.commit_interval_ms < 0:  # 0: commit as soon as anything is staged
         p.append("storage.commit_interval_ms: must not be negative")
     positive("storage.max_batch", cfg.storage.max_batch)
-    for i, hook in enumerate(cfg.alerts.webhooks):
-        key = f"alerts.webhooks[{i}]"
-        if not re.match(r"https?://", hook.url):
-            p.append(f"{key}.url: must start with http:// or https://, got {hook.url!r}")
-        for ev in hook.events:
-            if ev not in ("client.offline", "client.online"):
-                p.append(f"{key}.events: unknown event {ev!r} (client.offline, client.online)")
-        positive(f"{key}.timeout_seconds", hook.timeout_seconds)
-        positive(f"{key}.max_attempts", hook.max_attempts)
-        positive(f"{key}.queue_size", hook.queue_size)
-        _readable(f"{key}.secret_file", hook.secret_file, p)
-    em = cfg.alerts.email
-    if em.enabled and not em.recipients:
-        p.append("alerts.email.recipients: must name at least one address when email is enabled")
-    if not 0 < em.port <= 65535:
-        p.append(f"alerts.email.port: must be from 1 to 65535, got {em.port}")
-    _readable("alerts.email.password_file", em.password_file, p)
+    validate_alerts(cfg.alerts, p, _readable, positive)
     if p:
         raise ConfigError(p)
 

@@ -6,7 +6,8 @@ the sweeper and the committer → READY=1.
 Shutdown (SIGTERM/SIGINT or :meth:`Daemon.stop`): Hypercorn stops accepting → the periodic
 tasks (sweeper, pushers) are cancelled → the hub stops accepting and closes every connection
 with 1001 (a deadline on its handlers) → Hypercorn finishes in-flight requests
-(``http.graceful_timeout_seconds``) → the committer is cancelled → the final commit → exit 0.
+(``http.graceful_timeout_seconds``) → alert deliveries in flight finish (at most 5 s; queued
+ones stay in the outbox) → the committer is cancelled → the final commit → exit 0.
 
 Error handling: an unexpected exception in any task cancels the whole nursery and propagates
 out of :meth:`Daemon.run` (the CLI logs it with its traceback and exits 1, and the service
@@ -33,6 +34,7 @@ from .api.context import ApiContext
 from .api.heartbeat import HeartbeatFastPath, ReadBodyFirst
 from .api.metrics import Metrics
 from .auth import Authenticator, Keys, load_keys
+from .backend.local.alert_store import LocalAlertStore
 from .backend.local.broker import LocalBroker
 from .backend.local.failures import LocalFailureCounter
 from .backend.local.history import LocalHistory
@@ -168,7 +170,8 @@ class Daemon:
                                   history_size=cfg.websocket.history_size,
                                   wall_clock=self.wall_clock)
         feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
-        self.alerts = Alerts(cfg.alerts)
+        self.alerts = Alerts(cfg.alerts, LocalAlertStore(store), feeds,
+                             wall_clock=self.wall_clock)
         self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
         self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)
         self.sweeper = Sweeper(self.presence, lambda: self.config.presence.check_interval_seconds,
@@ -188,7 +191,8 @@ class Daemon:
         self.metrics.collect(self.presence, storage=store, hub=hub.admin, alerts=self.alerts,
                              listeners=(self.http_gate, hub.listener_gate))
         self.api = ApiContext(config=cfg, presence=self.presence, gate=gate, auth=self.auth,
-                              feeds=feeds, epoch=self.epoch, started_at=time.monotonic(),
+                              feeds=feeds, alerts=self.alerts, epoch=self.epoch,
+                              started_at=time.monotonic(),
                               extra_health=lambda: {"websocket": hub.admin.health()},
                               history=ClientHistory(backend, self.history,
                                                     wall_clock=self.wall_clock))
@@ -207,6 +211,7 @@ class Daemon:
                  store.path)
         if view.grace_until:
             log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
+        await alerts.load(list(view), view.view)
 
         ensure_file_limit(cfg.http.max_connections + cfg.websocket.max_connections,
                           "http.max_connections + websocket.max_connections")
@@ -272,6 +277,9 @@ class Daemon:
                 periodic.cancel()
                 await hub.aclose()
                 await http_done.wait()
+                # Alert deliveries in flight finish (briefly) so that their outcome is
+                # recorded in the final commit; the rest stay queued for the next start.
+                await alerts.aclose()
                 services.cancel_scope.cancel()
             nursery.cancel_scope.cancel()
 

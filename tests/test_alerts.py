@@ -1,8 +1,10 @@
-"""Alerts (SPEC §6) against a real HTTP receiver and a real SMTP listener on loopback.
+"""Alert delivery (SPEC §6, issue 14) against real receivers on loopback: an HTTP server for
+webhooks and for Apprise's JSON target, an SMTP listener for email; the outbox in real
+SQLite, across a restart.
 
 The retry schedules run on Trio's fake clock with exact times: the receivers here are Trio
-servers in the same run, so nothing waits on a thread and the clock only jumps when every task
-is really blocked. The end-to-end tests run the real daemon on the real clock.
+servers in the same run, and the outbox never waits on its commits, so the clock only jumps
+when every task is really blocked. The end-to-end tests run the real daemon on the real clock.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from email import message_from_bytes
+from email import policy as email_policy
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +25,17 @@ import attrs
 import h11
 import trio
 
-from rpad.config import AlertsConfig, Config, EmailConfig, WebhookConfig
+from rpad.backend.local.alert_store import LocalAlertStore
+from rpad.backend.local.store import Store
+from rpad.config import AlertsConfig, AppriseConfig, Config, EmailConfig, WebhookConfig
+from rpad.config_alerts import PolicyConfig
+from rpad.core.alert_policy import Alert, AlertItem
+from rpad.core.alert_text import payload
 from rpad.core.registry import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_STATUS_UPDATE, Event
-from rpad.service.alerts import SIGNATURE_HEADER, Alerts, make_alert, sign
+from rpad.service.alerts import Alerts
+from rpad.service.channels import SIGNATURE_HEADER, Webhook, sign
 
-from .conftest import Running, start_daemon
+from .conftest import Running, fake_wall_clock, start_daemon
 
 E2E_TIMEOUT_SECONDS = 20
 
@@ -219,47 +230,77 @@ class SmtpListener:
 
 # -- helpers -----------------------------------------------------------------------------------
 
+# Delivery mechanics without the policy's grouping and flapping (tests/test_alert_policy.py
+# has those): one alert per transition.
+PLAIN = PolicyConfig(group_threshold=0, flap_transitions=0)
+
 
 def transition(type_: str = CLIENT_DISCONNECTED, client_id: str = "robot-1",
-               reason: str | None = "timeout", at: float = 1767225600.0) -> Event:
-    data = {"clientId": client_id, "name": "Robot one", "status": "offline",
+               reason: str | None = "timeout") -> Event:
+    """A transition happening now (on the fake wall clock)."""
+    data = {"clientId": client_id, "name": "Robot one", "status": "offline", "tags": [],
             "ipAddress": "10.0.0.7", "version": "2.1.0", "lastHeartbeatAt": None}
-    return Event(type_, client_id, at, data, reason)
+    previous = "online" if type_ == CLIENT_DISCONNECTED else "offline"
+    return Event(type_, client_id, fake_wall_clock()(), data, reason, previous)
 
 
-def alerts_with(*webhooks: WebhookConfig, email: EmailConfig | None = None) -> Alerts:
-    return Alerts(AlertsConfig(webhooks=list(webhooks), email=email or EmailConfig()))
+def alerts_config(*webhooks: WebhookConfig, email: EmailConfig | None = None,
+                  apprise: list[AppriseConfig] | None = None,
+                  policy: PolicyConfig = PLAIN) -> AlertsConfig:
+    return AlertsConfig(policy=policy, webhooks=list(webhooks), email=email or EmailConfig(),
+                        apprise=apprise or [])
 
 
-# -- the alert itself --------------------------------------------------------------------------
+async def start_alerts(nursery: trio.Nursery, state: Path, cfg: AlertsConfig) -> Alerts:
+    """The alert service on a real store (in ``state``), running in ``nursery``."""
+    store = Store(state / "rpad.db", commit_interval_ms=0)
+    await trio.to_thread.run_sync(store.open)
+    nursery.start_soon(store.run_committer)
+    alerts = Alerts(cfg, LocalAlertStore(store), None, wall_clock=fake_wall_clock())
+    await alerts.load([], dict)
+    await nursery.start(alerts.run)
+    return alerts
+
+
+def queue(alerts: Alerts, i: int = 0) -> Any:
+    return list(alerts.outbox.queues.values())[i]
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    with trio.fail_after(600):
+        while not condition():
+            await trio.sleep(0.001)
+
+
+# -- the payload -------------------------------------------------------------------------------
 
 
 def test_alert_payload_and_signature() -> None:
-    alert = make_alert(transition())
-    assert alert is not None
-    body = json.loads(alert.body)
-    assert body["event"] == "client.offline"
-    assert body["clientId"] == "robot-1"
-    assert body["reason"] == "timeout"
-    assert body["at"] == "2026-01-01T00:00:00.000Z"
-    assert body["deliveryId"] == alert.delivery_id
-    assert body["client"]["ipAddress"] == "10.0.0.7"
-    expected = hmac.new(b"s3cret", alert.body, hashlib.sha256).hexdigest()
-    assert sign(b"s3cret", alert.body) == f"sha256={expected}"
-    online = make_alert(transition(CLIENT_CONNECTED, reason="heartbeat"))
-    assert online is not None and online.event == "client.online"
-    assert make_alert(transition(CLIENT_STATUS_UPDATE)) is None
+    ev = Event(CLIENT_DISCONNECTED, "robot-1", 1767225600.0, {"clientId": "robot-1"}, "timeout")
+    item = AlertItem("robot-1", ev.data, 1767225600.0, "timeout")
+    body = payload(Alert("offline", "warning", 1767225600.0, (item,)), "a1", "d1")
+    assert body == {"event": "client.offline", "kind": "offline", "level": "warning",
+                    "at": "2026-01-01T00:00:00.000Z", "alertId": "a1", "deliveryId": "d1",
+                    "clientId": "robot-1", "reason": "timeout",
+                    "since": "2026-01-01T00:00:00.000Z", "client": ev.data}
+    raw = json.dumps(body).encode()
+    expected = hmac.new(b"s3cret", raw, hashlib.sha256).hexdigest()
+    assert sign(b"s3cret", raw) == f"sha256={expected}"
+    group = payload(Alert("offline", "error", 1767225600.0, (item, item), grouped=True), "a", "d")
+    assert (group["event"], group["count"], group["clients"][0]["clientId"]) == (
+        "clients.offline", 2, "robot-1")
 
 
 # -- webhook retries on the fake clock ---------------------------------------------------------
 
 
-async def test_failing_receiver_is_retried_with_exponential_backoff(autojump_clock: Any) -> None:
+async def test_failing_receiver_is_retried_with_exponential_backoff(
+        autojump_clock: Any, tmp_path: Path) -> None:
     receiver = HttpReceiver(statuses=[503, 500, 502])
     async with trio.open_nursery() as nursery:
         await nursery.start(receiver.serve)
-        alerts = alerts_with(WebhookConfig(url=receiver.url, max_attempts=5))
-        await nursery.start(alerts.run)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=receiver.url, max_attempts=5)))
         start = trio.current_time()
         alerts.client_transition(transition())
         reqs = await receiver.wait_for(4)
@@ -267,49 +308,52 @@ async def test_failing_receiver_is_retried_with_exponential_backoff(autojump_clo
         # First attempt at once, then 1 s, 2 s and 4 s later.
         assert times == [0.0, 1.0, 3.0, 7.0]
         assert {r.json()["deliveryId"] for r in reqs} == {reqs[0].json()["deliveryId"]}
-        hook = alerts.webhooks[0]
-        with trio.fail_after(1):
-            while hook.delivered != 1:
-                await trio.sleep(0.001)
+        hook = queue(alerts)
+        await until(lambda: hook.delivered == 1)
         assert (hook.attempts, hook.failed, hook.dropped) == (4, 0, 0)
+        log = (await alerts.deliveries(None, 10))["log"]
+        assert [(r["outcome"], r["attempts"], r["clients"]) for r in log] == [
+            ("delivered", 4, "robot-1")]
         nursery.cancel_scope.cancel()
 
 
-async def test_receiver_down_then_up_gets_the_alert(autojump_clock: Any) -> None:
+async def test_receiver_down_then_up_gets_the_alert(autojump_clock: Any, tmp_path: Path) -> None:
     port = free_port()
     receiver = HttpReceiver()
     async with trio.open_nursery() as nursery:
-        alerts = alerts_with(WebhookConfig(url=f"http://127.0.0.1:{port}/hook", max_attempts=4))
-        await nursery.start(alerts.run)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=f"http://127.0.0.1:{port}/hook", max_attempts=4)))
         start = trio.current_time()
         alerts.client_transition(transition())
-        hook = alerts.webhooks[0]
+        hook = queue(alerts)
         # Attempts at 0 s and 1 s are refused; the receiver comes up at 2 s; the third attempt
         # (at 1 + 2 = 3 s) is delivered.
         await trio.sleep_until(start + 2.0)
         assert hook.attempts == 2 and hook.delivered == 0
+        pending = hook.pending_json()  # (no commit to wait for: the clock stands still)
+        assert [(p["attempts"], p["outcome"]) for p in pending] == [(2, "pending")]
+        assert f"cannot reach 127.0.0.1:{port}" in pending[0]["lastError"]
         await nursery.start(receiver.serve, port)
         reqs = await receiver.wait_for(1)
         assert reqs[0].at - start == 3.0
-        with trio.fail_after(1):
-            while hook.delivered != 1:
-                await trio.sleep(0.001)
+        await until(lambda: hook.delivered == 1)
         assert (hook.attempts, hook.failed) == (3, 0)
         nursery.cancel_scope.cancel()
 
 
-async def test_slow_receiver_times_out_retries_and_gives_up(autojump_clock: Any) -> None:
+async def test_slow_receiver_times_out_retries_and_gives_up(
+        autojump_clock: Any, tmp_path: Path) -> None:
     receiver = HttpReceiver(stall=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(receiver.serve)
-        alerts = alerts_with(WebhookConfig(url=receiver.url, timeout_seconds=5, max_attempts=3))
-        await nursery.start(alerts.run)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=receiver.url, timeout_seconds=5, max_attempts=3)))
         start = trio.current_time()
         alerts.client_transition(transition())
         reqs = await receiver.wait_for(3)
         # Each attempt waits 5 s for an answer, then 1 s, then 2 s of backoff.
         assert [r.at - start for r in reqs] == [0.0, 6.0, 13.0]
-        hook = alerts.webhooks[0]
+        hook = queue(alerts)
         # The last attempt times out at 13 + 5 = 18 s: then it gives up.
         await trio.sleep_until(start + 17.999)
         assert (hook.attempts, hook.delivered, hook.failed) == (3, 0, 0)
@@ -318,51 +362,76 @@ async def test_slow_receiver_times_out_retries_and_gives_up(autojump_clock: Any)
         nursery.cancel_scope.cancel()
 
 
-async def test_refusal_4xx_is_not_retried(autojump_clock: Any) -> None:
+async def test_an_alert_older_than_max_age_is_given_up(autojump_clock: Any, tmp_path: Path) -> None:
+    port = free_port()  # nobody listens: every attempt fails
+    async with trio.open_nursery() as nursery:
+        cfg = attrs.evolve(alerts_config(WebhookConfig(url=f"http://127.0.0.1:{port}/h",
+                                                       max_attempts=100)),
+                           max_age_seconds=60.0)
+        alerts = await start_alerts(nursery, tmp_path, cfg)
+        alerts.client_transition(transition())
+        hook = queue(alerts)
+        await trio.sleep(600)
+        # Attempts at 0, 1, 3, 7, 15, 31 s; the next would be at 63 s, past the age of 60.
+        assert (hook.attempts, hook.expired, hook.queued) == (6, 1, 0)
+        log = (await alerts.deliveries(None, 10))["log"]
+        assert [(r["outcome"], r["attempts"]) for r in log] == [("expired", 6)]
+        nursery.cancel_scope.cancel()
+
+
+async def test_refusal_4xx_is_not_retried(autojump_clock: Any, tmp_path: Path) -> None:
     receiver = HttpReceiver(statuses=[400])
     async with trio.open_nursery() as nursery:
         await nursery.start(receiver.serve)
-        alerts = alerts_with(WebhookConfig(url=receiver.url, max_attempts=5))
-        await nursery.start(alerts.run)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=receiver.url, max_attempts=5)))
         alerts.client_transition(transition())
         await receiver.wait_for(1)
         await trio.sleep(120)
-        hook = alerts.webhooks[0]
+        hook = queue(alerts)
         assert (len(receiver.requests), hook.attempts, hook.failed) == (1, 1, 1)
         nursery.cancel_scope.cancel()
 
 
-async def test_only_subscribed_events_are_sent(autojump_clock: Any) -> None:
-    receiver = HttpReceiver()
+async def test_event_filters_and_minimum_level(autojump_clock: Any, tmp_path: Path) -> None:
+    online_only, warnings = HttpReceiver(), HttpReceiver()
     async with trio.open_nursery() as nursery:
-        await nursery.start(receiver.serve)
-        alerts = alerts_with(WebhookConfig(url=receiver.url, events=["client.online"]))
-        await nursery.start(alerts.run)
+        await nursery.start(online_only.serve)
+        await nursery.start(warnings.serve)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=online_only.url, name="online-only", events=["client.online"]),
+            WebhookConfig(url=warnings.url, name="warnings", min_level="warning")))
         alerts.client_transition(transition(CLIENT_DISCONNECTED))
         alerts.client_transition(transition(CLIENT_STATUS_UPDATE))
+        await trio.sleep(1)  # the offline alert goes out, then it is back
         alerts.client_transition(transition(CLIENT_CONNECTED, reason="heartbeat"))
-        reqs = await receiver.wait_for(1)
+        reqs = await online_only.wait_for(1)
         await trio.sleep(60)
         assert [r.json()["event"] for r in reqs] == ["client.online"]
         assert reqs[0].headers["x-rpad-event"] == "client.online"
         assert SIGNATURE_HEADER.lower() not in reqs[0].headers  # no secret_file: unsigned
+        # The recovery is a "success", below "warning": only the offline alert.
+        assert [r.json()["event"] for r in warnings.requests] == ["client.offline"]
         nursery.cancel_scope.cancel()
 
 
-async def test_full_queue_drops_and_counts(autojump_clock: Any) -> None:
+async def test_full_queue_drops_and_counts(autojump_clock: Any, tmp_path: Path) -> None:
     receiver = HttpReceiver(stall=True)
     async with trio.open_nursery() as nursery:
         await nursery.start(receiver.serve)
-        alerts = alerts_with(WebhookConfig(url=receiver.url, queue_size=3, timeout_seconds=30,
-                                           max_attempts=1))
-        await nursery.start(alerts.run)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(WebhookConfig(
+            url=receiver.url, queue_size=3, timeout_seconds=30, max_attempts=1)))
         alerts.client_transition(transition(client_id="c0"))
-        await receiver.wait_for(1)  # the worker is now stuck on c0
+        await receiver.wait_for(1)  # the worker is now stuck on c0 (still queued)
         for i in range(1, 11):
             alerts.client_transition(transition(client_id=f"c{i}"))  # never blocks
-        hook = alerts.webhooks[0]
-        assert (hook.queued, hook.dropped) == (3, 7)
-        assert alerts.dropped == 7
+        await trio.sleep(0.001)
+        hook = queue(alerts)
+        assert (hook.queued, hook.dropped) == (3, 8)
+        assert alerts.dropped == 8
+        log = (await alerts.deliveries(None, 100))["log"]
+        assert sorted(r["clients"] for r in log if r["outcome"] == "dropped") == sorted(
+            f"c{i}" for i in range(3, 11))
         nursery.cancel_scope.cancel()
 
 
@@ -373,25 +442,107 @@ async def test_reconfigure_keeps_unchanged_targets_and_starts_new_ones(
         await nursery.start(a.serve)
         await nursery.start(b.serve)
         hook_a = WebhookConfig(url=a.url)
-        alerts = alerts_with(hook_a)
-        await nursery.start(alerts.run)
-        kept = alerts.webhooks[0]
-        alerts.reconfigure(AlertsConfig(webhooks=[hook_a, WebhookConfig(url=b.url)]))
-        assert alerts.webhooks[0] is kept and len(alerts.webhooks) == 2
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(hook_a))
+        kept = queue(alerts)
+        alerts.reconfigure(alerts_config(hook_a, WebhookConfig(url=b.url)))
+        assert queue(alerts) is kept and len(alerts.outbox.queues) == 2
         alerts.client_transition(transition())
         await a.wait_for(1)
         await b.wait_for(1)
         # Removing a target cancels its worker; an unreadable secret keeps the old targets.
-        alerts.reconfigure(AlertsConfig(webhooks=[WebhookConfig(url=b.url)]))
-        assert [w.config.url for w in alerts.webhooks] == [b.url]
-        alerts.reconfigure(AlertsConfig(webhooks=[WebhookConfig(
-            url=a.url, secret_file=str(tmp_path / "missing"))]))
-        assert [w.config.url for w in alerts.webhooks] == [b.url]
-        alerts.client_transition(transition())
+        alerts.reconfigure(alerts_config(WebhookConfig(url=b.url)))
+        assert [q.channel.config.url for q in alerts.outbox.queues.values()] == [b.url]
+        alerts.reconfigure(alerts_config(WebhookConfig(
+            url=a.url, secret_file=str(tmp_path / "missing"))))
+        assert [q.channel.config.url for q in alerts.outbox.queues.values()] == [b.url]
+        alerts.client_transition(transition(CLIENT_CONNECTED, reason="heartbeat"))
         await b.wait_for(2)
         await trio.sleep(10)
         assert len(a.requests) == 1
         nursery.cancel_scope.cancel()
+
+
+# -- the outbox across a restart ---------------------------------------------------------------
+
+
+async def test_queued_alerts_survive_a_restart_and_are_delivered_once_each(
+        autojump_clock: Any, tmp_path: Path) -> None:
+    port = free_port()
+    cfg = alerts_config(WebhookConfig(url=f"http://127.0.0.1:{port}/hook", name="ops"))
+    async with trio.open_nursery() as nursery:
+        alerts = await start_alerts(nursery, tmp_path, cfg)
+        for i in range(3):
+            alerts.client_transition(transition(client_id=f"r{i}"))
+        await trio.sleep(2.5)  # attempts at 0, 1 s: refused (nobody listens)
+        pending = queue(alerts).pending_json()
+        assert [p["attempts"] for p in pending] == [2, 0, 0]
+        ids = [p["deliveryId"] for p in pending]
+        await alerts.aclose()
+        nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(alerts.store.store.close)  # type: ignore[attr-defined]
+    store_path = tmp_path / "rpad.db"
+    assert store_path.exists()
+    receiver = HttpReceiver(statuses=[503])  # the first after the restart fails once more
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve, port)
+        alerts = await start_alerts(nursery, tmp_path, cfg)
+        reqs = await receiver.wait_for(4)
+        hook = queue(alerts)
+        await until(lambda: hook.delivered == 3)
+        await trio.sleep(30)
+        # r0's delivery went on from its third attempt; each id was accepted exactly once.
+        assert [r.json()["deliveryId"] for r in receiver.requests] == [ids[0], ids[0], ids[1],
+                                                                        ids[2]]
+        assert [r.json()["clientId"] for r in reqs] == ["r0", "r0", "r1", "r2"]
+        log = (await alerts.deliveries("ops", 10))["log"]
+        assert sorted((r["deliveryId"], r["outcome"], r["attempts"]) for r in log) == sorted(
+            [(ids[0], "delivered", 4), (ids[1], "delivered", 1), (ids[2], "delivered", 1)])
+        nursery.cancel_scope.cancel()
+
+
+# -- Apprise against a real HTTP receiver ------------------------------------------------------
+
+
+async def test_apprise_json_target_from_a_url_file(tmp_path: Path) -> None:
+    receiver = HttpReceiver()
+    url_file = tmp_path / "chat.url"
+    with trio.fail_after(E2E_TIMEOUT_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve)
+            url_file.write_text(f"json://127.0.0.1:{receiver.port}/notify/abc123secret\n")
+            alerts = await start_alerts(nursery, tmp_path, alerts_config(apprise=[AppriseConfig(
+                name="chat", url_file=str(url_file), min_level="warning",
+                title_template="[$level] $name", body_template="$clientId: $why")]))
+            assert queue(alerts).channel.label == "chat (json://…)"
+            alerts.client_transition(transition())
+            await trio.sleep(0.1)
+            alerts.client_transition(transition(CLIENT_CONNECTED, reason="heartbeat"))
+            reqs = await receiver.wait_for(1)
+            body = reqs[0].json()
+            assert reqs[0].target == "/notify/abc123secret"
+            assert (body["title"], body["message"], body["type"]) == (
+                "[warning] Robot one", "robot-1: no heartbeat within its timeout", "warning")
+            hook = queue(alerts)
+            await until(lambda: hook.delivered == 1)
+            await trio.sleep(1)
+            assert len(receiver.requests) == 1  # the recovery (success) is below warning
+            nursery.cancel_scope.cancel()
+
+
+async def test_apprise_failure_is_retried(tmp_path: Path) -> None:
+    receiver = HttpReceiver(statuses=[500])
+    with trio.fail_after(E2E_TIMEOUT_SECONDS):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(receiver.serve)
+            alerts = await start_alerts(nursery, tmp_path, alerts_config(apprise=[AppriseConfig(
+                name="push", url=f"json://127.0.0.1:{receiver.port}/")]))
+            alerts.client_transition(transition())
+            reqs = await receiver.wait_for(2)
+            assert reqs[0].json()["title"] == reqs[1].json()["title"] == "Robot one is offline"
+            hook = queue(alerts)
+            await until(lambda: hook.delivered == 1)
+            assert hook.attempts == 2
+            nursery.cancel_scope.cancel()
 
 
 # -- end to end: the real daemon ---------------------------------------------------------------
@@ -409,12 +560,13 @@ async def test_daemon_signs_webhooks_for_offline_and_online(
                               alerts={"webhooks": [{"url": receiver.url,
                                                     "secret_file": str(secret_file)}]})
             async with daemon_running(cfg) as rpad:
+                # A client heard from for the first time is no alert; going down and coming
+                # back are.
                 assert (await rpad.heartbeat("robot-9", version="1.0")).status_code == 200
                 assert (await rpad.heartbeat("robot-9", status="offline")).status_code == 200
                 assert (await rpad.heartbeat("robot-9")).status_code == 200
-                reqs = await receiver.wait_for(3)
-                assert [r.json()["event"] for r in reqs] == [
-                    "client.online", "client.offline", "client.online"]
+                reqs = await receiver.wait_for(2)
+                assert [r.json()["event"] for r in reqs] == ["client.offline", "client.online"]
                 for r in reqs:
                     assert r.method == "POST" and r.target == "/hook"
                     assert r.headers["content-type"] == "application/json"
@@ -422,15 +574,15 @@ async def test_daemon_signs_webhooks_for_offline_and_online(
                                         hashlib.sha256).hexdigest()
                     assert hmac.compare_digest(r.headers["x-rpad-signature"], f"sha256={expected}")
                     assert r.headers["x-rpad-delivery"] == r.json()["deliveryId"]
-                offline = reqs[1].json()
+                offline = reqs[0].json()
                 assert offline["clientId"] == "robot-9"
                 assert offline["reason"] == "agent_shutdown"
+                assert offline["level"] == "warning"
                 assert offline["client"]["status"] == "offline"
                 assert offline["client"]["version"] == "1.0"
+                assert reqs[1].json()["level"] == "success"
                 assert rpad.daemon.alerts is not None
-                with trio.fail_after(5):
-                    while rpad.daemon.alerts.delivered != 3:
-                        await trio.sleep(0.01)
+                await until(lambda: rpad.daemon.alerts.delivered == 2)  # type: ignore[union-attr]
             nursery.cancel_scope.cancel()
 
 
@@ -443,22 +595,26 @@ async def test_stalled_receiver_never_delays_heartbeats(
             # A receiver that never answers, with a 60 s timeout: if delivery were on the
             # heartbeat path, the heartbeats below could not finish inside fail_after.
             cfg = make_config(presence={"min_interval_seconds": 0},
-                              alerts={"webhooks": [{"url": receiver.url, "queue_size": 2,
+                              alerts={"policy": {"group_threshold": 0, "flap_transitions": 0},
+                                      "webhooks": [{"url": receiver.url, "queue_size": 2,
                                                     "timeout_seconds": 60,
                                                     "max_attempts": 1}]})
             async with daemon_running(cfg) as rpad:
-                assert (await rpad.heartbeat("first")).status_code == 200
+                await rpad.heartbeat("first")
+                assert (await rpad.heartbeat("first", status="offline")).status_code == 200
                 await receiver.wait_for(1)
                 with trio.fail_after(10):
-                    for i in range(5):
+                    for i in range(10):
                         for status in ("online", "offline"):
                             resp = await rpad.heartbeat(f"c{i}", status=status)
                             assert resp.status_code == 200
                 alerts = rpad.daemon.alerts
                 assert alerts is not None
-                hook = alerts.webhooks[0]
-                # 10 transitions while the worker is stuck on the first: 2 queued, 8 dropped.
-                assert (hook.queued, hook.dropped, hook.delivered) == (2, 8, 0)
+                hook = queue(alerts)
+                # 10 offline alerts while the worker is stuck on the first one (which stays
+                # in the queue until its attempt ends): 1 more queued, 9 dropped.
+                await until(lambda: hook.dropped + hook.queued == 11)
+                assert (hook.queued, hook.dropped, hook.delivered) == (2, 9, 0)
             nursery.cancel_scope.cancel()
 
 
@@ -480,47 +636,43 @@ async def test_daemon_sends_email_over_smtp(make_config: Callable[..., Config]) 
                 mail = mails[0]
                 assert mail.sender == "rpad@example.test"
                 assert mail.recipients == ["ops@example.test", "oncall@example.test"]
-                text = mail.data.decode()
-                assert "Subject: [rpad] Packing robot is offline (agent_shutdown)" in text
-                assert "Client robot-7 is offline." in text
-                assert "Version:         3.2" in text
-                assert "X-Rpad-Event: client.offline" in text
+                msg = message_from_bytes(mail.data, policy=email_policy.default)
+                assert isinstance(msg, EmailMessage)
+                assert msg["Subject"] == "[rpad] Packing robot is offline"
+                assert (msg["X-Rpad-Event"], msg["X-Rpad-Level"]) == ("client.offline", "warning")
+                text = msg.get_content()
+                assert "Packing robot (robot-7) went offline at 20" in text
+                assert ": its agent shut down." in text
+                assert "Address: 127.0.0.1. Version: 3.2." in text
                 alerts = rpad.daemon.alerts
-                assert alerts is not None and alerts.email is not None
-                with trio.fail_after(5):
-                    while alerts.email.delivered != 1:
-                        await trio.sleep(0.01)
+                assert alerts is not None
+                await until(lambda: queue(alerts).delivered == 1)
             nursery.cancel_scope.cancel()
 
 
-async def test_email_retried_when_smtp_server_is_down() -> None:
+async def test_email_retried_when_smtp_server_is_down(tmp_path: Path) -> None:
     port = free_port()
     smtp = SmtpListener()
     with trio.fail_after(E2E_TIMEOUT_SECONDS):
         async with trio.open_nursery() as nursery:
-            alerts = alerts_with(email=EmailConfig(enabled=True, host="127.0.0.1", port=port,
-                                                   recipients=["ops@example.test"],
-                                                   timeout_seconds=5))
-            await nursery.start(alerts.run)
+            alerts = await start_alerts(nursery, tmp_path, alerts_config(email=EmailConfig(
+                enabled=True, host="127.0.0.1", port=port, recipients=["ops@example.test"],
+                timeout_seconds=5)))
             alerts.client_transition(transition())
-            email = alerts.email
-            assert email is not None
-            while email.attempts < 1:
-                await trio.sleep(0.01)
+            email = queue(alerts)
+            await until(lambda: email.attempts >= 1)
             assert email.delivered == 0
             await nursery.start(smtp.serve, port)
             mails = await smtp.wait_for(1)
-            assert "Subject: [rpad] Robot one is offline (timeout)" in mails[0].data.decode()
-            while email.delivered != 1:
-                await trio.sleep(0.01)
+            msg = message_from_bytes(mails[0].data, policy=email_policy.default)
+            assert msg["Subject"] == "[rpad] Robot one is offline"
+            await until(lambda: email.delivered == 1)
             assert email.attempts == 2 and email.failed == 0
             nursery.cancel_scope.cancel()
 
 
 def test_logs_name_a_webhook_without_its_path_or_query() -> None:
-    from rpad.config import WebhookConfig
-    from rpad.service.alerts import Webhook
-
     hook = Webhook(WebhookConfig(url="https://hooks.example.com:8443/services/T0/SECRET?token=abc"))
-    assert hook.label == "https://hooks.example.com:8443/…"
+    assert hook.label.startswith("webhook-")
+    assert hook.label.endswith(" (https://hooks.example.com:8443/…)")
     assert "SECRET" not in hook.label and "abc" not in hook.label

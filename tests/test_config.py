@@ -148,7 +148,7 @@ REFUSED = [
     ("[auth]\nleeway_seconds = -1", ["auth.leeway_seconds: must not be negative"]),
     ("[[alerts.webhooks]]\nurl = 'ftp://x'\nevents = ['client.gone']",
      ["alerts.webhooks[0].url: must start with http:// or https://, got 'ftp://x'",
-      "alerts.webhooks[0].events: unknown event 'client.gone' (client.offline, client.online)"]),
+      "alerts.webhooks[0].events: unknown event 'client.gone' (client.offline, client.online, client.reminder, client.flapping)"]),
     ("[alerts.email]\nenabled = true",
      ["alerts.email.recipients: must name at least one address when email is enabled"]),
 ]

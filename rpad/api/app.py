@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.times import iso
 from ..hub.server import Hub
-from . import clients, contract, dashboard, history, hub_routes
+from . import alerts, clients, contract, dashboard, history, hub_routes
 from . import metrics as metrics_mod
 from .context import ApiContext
 from .errors import INTERNAL_ERROR_MESSAGE, error_body, error_response, json_response, translate
@@ -87,6 +87,7 @@ def create_app(ctx: ApiContext, *, hub: Hub, metrics: metrics_mod.Metrics,
     clients.add_routes(app, ctx)
     if ctx.history is not None:
         history.add_routes(app, ctx, ctx.history)
+    alerts.add_routes(app, ctx)
     hub_routes.add_routes(app, ctx, hub)
     metrics_mod.add_route(app, ctx, metrics)
     dashboard.add_routes(app, lambda: ctx.config, ws_url)

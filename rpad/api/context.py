@@ -9,6 +9,7 @@ import attrs
 
 from ..auth import Authenticator
 from ..config import Config
+from ..service.alerts import Alerts
 from ..service.client_history import ClientHistory
 from ..service.feeds import Feeds
 from ..service.gate import Gate
@@ -23,6 +24,7 @@ class ApiContext:
     gate: Gate
     auth: Authenticator
     feeds: Feeds
+    alerts: Alerts
     epoch: str
     # time.monotonic() at start.
     started_at: float

@@ -10,6 +10,8 @@ Three interfaces, and the values they exchange:
   delivery to the hubs of every node (through each node's :class:`Delivery`); messages to a
   user; the per-user connection limit.
 - :class:`FailureCounter`: failed authentications per address (brute-force protection).
+- :class:`AlertStore`: the alerts' durable state — the outbox of deliveries not yet made, the
+  delivery log, silences and the admin API's policy overrides.
 
 ``backend = "local"`` (:mod:`rpad.backend.local`) is one process: the registry in memory,
 SQLite, the hub's own delivery. A shared backend implements the same Protocols; only
@@ -277,3 +279,81 @@ class FailureCounter(Protocol):
         ...
 
     def failed(self, peer: str) -> None: ...
+
+
+@attrs.define
+class OutboxRow:
+    """A delivery waiting in the outbox: one alert for one target."""
+
+    delivery_id: str
+    target: str
+    created_at: float
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    # The alert's JSON payload (rpad.core.alert_text.payload), the webhook body as sent.
+    payload: dict[str, Any]
+
+
+@attrs.frozen
+class DeliveryRecord:
+    """A finished delivery, for the delivery log."""
+
+    delivery_id: str
+    target: str
+    event: str
+    level: str
+    clients: str
+    created_at: float
+    finished_at: float
+    attempts: int
+    # delivered | failed (given up: refused, or max_attempts) | expired (max_age) | dropped
+    # (the target's queue was full) | orphaned (its target is no longer configured)
+    outcome: str
+    detail: str | None
+
+
+@attrs.frozen
+class AlertState:
+    """What :meth:`AlertStore.load` finds at start."""
+
+    outbox: list[OutboxRow]
+    # Silences as their JSON bodies (rpad.core.silences.Silence.to_json without "active").
+    silences: list[dict[str, Any]]
+    # (scope "tag" | "client", name, {field: value})
+    overrides: list[tuple[str, str, dict[str, Any]]]
+
+
+class AlertStore(Protocol):
+    """The alerts' durable state. Writes are staged (never block; they share the presence
+    writes' group commit, so a heartbeat costs no extra fsync) and raise
+    :class:`~rpad.core.errors.StorageUnavailable` only when the store is closed;
+    :meth:`durable` waits for them. With several nodes (a shared backend), one node at a time
+    should deliver (see the cluster issue)."""
+
+    async def load(self) -> AlertState: ...
+
+    def add_delivery(self, row: OutboxRow) -> None: ...
+
+    def update_delivery(self, row: OutboxRow) -> None: ...
+
+    def finish_delivery(self, record: DeliveryRecord, keep_per_target: int) -> None:
+        """Remove the delivery from the outbox and log how it ended (keeping the newest
+        ``keep_per_target`` records of its target)."""
+        ...
+
+    async def deliveries(self, target: str | None, limit: int) -> list[DeliveryRecord]:
+        """The delivery log, newest first."""
+        ...
+
+    def put_silence(self, silence_id: str, ends_at: float, body: dict[str, Any]) -> None: ...
+
+    def delete_silence(self, silence_id: str) -> None: ...
+
+    def put_override(self, scope: str, name: str, fields: dict[str, Any]) -> None: ...
+
+    def delete_override(self, scope: str, name: str) -> None: ...
+
+    async def durable(self) -> None:
+        """Wait until every write staged so far is committed (raises StorageUnavailable)."""
+        ...

@@ -1,378 +1,363 @@
-"""Alerts (SPEC §6): webhooks and email when a client goes offline or comes back online.
+"""Alerts (SPEC §6, issue 14): the alert policy between presence transitions and every channel.
 
-:class:`Alerts` is the :class:`~rpad.service.presence.AlertSink`. ``client_transition`` is called
-synchronously on the heartbeat and sweeper paths; it serializes the alert once and offers it
-to each target's bounded queue with ``send_nowait``. It never waits: a full queue drops the
-alert and counts the drop. Each target has one worker task that takes alerts off its queue
-and delivers them one at a time:
+:class:`Alerts` is the :class:`~rpad.service.presence.AlertSink`. ``client_transition`` is
+called synchronously on the heartbeat and sweeper paths; it marks the event ``silenced`` (with
+``silencedUntil``) when a silence or maintenance window covers the client, and hands the
+transition to the policy (:class:`~rpad.core.alert_policy.AlertPolicy`). It never waits. A
+task (:meth:`Alerts.run`) sleeps until the policy's next tick — exactly then, or at once when a
+transition or a silence change may have brought it forward — and sends what the policy raises:
 
-- a webhook POSTs the JSON body with ``X-Rpad-Signature: sha256=<hex HMAC-SHA256 of the body>``
-  (when it has a ``secret_file``), waits at most ``timeout_seconds`` for an answer, and retries
-  a failed delivery up to ``max_attempts`` times with exponential backoff (1 s, 2 s, 4 s, …, at
-  most 60 s). A 2xx answer is a delivery; a 4xx other than 408 and 429 means the receiver
-  refused this alert, so it is not retried;
-- email goes through ``smtplib`` in a worker thread (``trio.to_thread``), with the same
-  retries.
+- to the ``notifications`` topic as a ``NOTIFICATION`` (the dashboards' toasts), filtered by
+  ``[alerts.notifications]``;
+- to every target that accepts it (its ``events`` and ``min_level``) through the durable
+  :class:`~rpad.service.outbox.Outbox`: webhooks, email, Apprise.
 
-Counters (``delivered``, ``failed``, ``dropped``, ``attempts`` per target, and totals on
-:class:`Alerts`) are plain attributes for the metrics exporter.
+It also holds what the admin API changes: silences (``/api/v1/silences``) and policy
+overrides per tag and per client (``/api/v1/alerts/policies``), persisted in the
+:class:`~rpad.backend.base.AlertStore`; and sends test alerts to configured targets only.
 
-Resource handling: the workers run in :meth:`Alerts.run`, started in the daemon's nursery and
-cancelled with it; alerts still queued at shutdown are counted in the log, not delivered.
-:meth:`Alerts.reconfigure` (SIGHUP) keeps the workers of unchanged targets (and their queues),
-starts new ones and cancels removed ones.
-
-Error handling: a delivery failure is logged and counted, never raised; a bug in a worker
-crashes the nursery like any other.
+Resource handling: :meth:`run` runs the ticker and the outbox's workers until cancelled;
+:meth:`aclose` lets deliveries in flight finish first. Error handling: a delivery failure is
+the outbox's business (logged, retried, recorded); bad API input raises
+:class:`~rpad.core.errors.ValidationFailed`; a bug in the ticker crashes the nursery like any
+other.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
-import secrets
-import smtplib
-import ssl
-from collections.abc import Awaitable, Callable
-from email.message import EmailMessage
-from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 import attrs
 import trio
 
-from ..client import httpclient
-from ..client.backoff import backoff_delay
-from ..config import AlertsConfig, EmailConfig, WebhookConfig
-from ..core.jsonenc import dumps_bytes
-from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, Event
-from ..core.times import iso
+from ..backend.base import AlertStore, DeliveryRecord
+from ..config import AlertsConfig
+from ..config_alerts import override_problems
+from ..core.alert_policy import (
+    POLICY_FIELDS,
+    Alert,
+    AlertPolicy,
+    Overrides,
+    PolicyOverride,
+    level_rank,
+)
+from ..core.alert_text import Notice, notice_for, payload, test_payload
+from ..core.errors import ValidationFailed
+from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED, Client, Event
+from ..core.silences import Match, Silence, SilenceBook, parse_silence
+from ..core.times import iso, parse_iso
+from ..core.validation import Fields, kind_of
+from .channels import Channel, build_channels
+from .outbox import Outbox, new_id
 
 log = logging.getLogger(__name__)
 
-EVENT_NAMES = {CLIENT_DISCONNECTED: "client.offline", CLIENT_CONNECTED: "client.online"}
-SIGNATURE_HEADER = "X-Rpad-Signature"
-RETRY_INITIAL_SECONDS = 1.0
-RETRY_MAXIMUM_SECONDS = 60.0
-EMAIL_QUEUE_SIZE = 100
-EMAIL_MAX_ATTEMPTS = 3
-# Log a run of drops once, then again every this many drops.
-DROP_LOG_EVERY = 100
-
-Sleep = Callable[[float], Awaitable[None]]
+# Ended silences are let go this often (they no longer silence anything anyway).
+PRUNE_INTERVAL_SECONDS = 3600.0
+SCOPES = ("tag", "client")
 
 
-@attrs.frozen
-class Alert:
-    """One transition, serialized once for every target."""
+class NoticeSink(Protocol):
+    """Where dashboards' notifications go (:class:`~rpad.service.feeds.Feeds`)."""
 
-    event: str
-    client_id: str
-    reason: str | None
-    at: str | None
-    delivery_id: str
-    body: bytes
-    client: dict[str, Any]
+    def publish_notice(self, notice: Notice) -> None: ...
 
 
-def make_alert(ev: Event) -> Alert | None:
-    name = EVENT_NAMES.get(ev.type)
-    if name is None:
-        return None
-    delivery_id = secrets.token_hex(12)
-    at = iso(ev.at)
-    payload = {"event": name, "clientId": ev.client_id, "reason": ev.reason, "at": at,
-               "deliveryId": delivery_id, "client": ev.data}
-    body = dumps_bytes(payload)
-    return Alert(name, ev.client_id, ev.reason, at, delivery_id, body, ev.data)
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    """The ``X-Rpad-Signature`` header value for ``body``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+_OVERRIDE_FIELDS = {_camel(n): n for n in POLICY_FIELDS}
 
 
-def _read_secret(path: str) -> bytes | None:
-    if not path:
-        return None
-    secret = Path(path).read_bytes().strip()
-    if not secret:
-        raise ValueError(f"{path} is empty")
-    return secret
+def parse_override(data: Any) -> PolicyOverride:
+    """A policy override from a request body (camelCase fields, null or absent: not
+    overridden). Raises ValidationFailed naming each bad field."""
+    if not isinstance(data, dict):
+        raise ValidationFailed([{"field": "(body)", "message": f"must be a JSON object, got {kind_of(data)}"}])
+    errors: list[dict[str, str]] = []
+    f = Fields(data, "", errors)
+    values: dict[str, Any] = {}
+    for camel, name in _OVERRIDE_FIELDS.items():
+        if name == "offline_level":
+            values[name] = f.string(camel, max_chars=16)
+        elif name in ("flap_transitions", "max_reminders"):
+            v = f.number(camel)
+            if v is not None and v != int(v):
+                f.fail(camel, "must be a whole number")
+            values[name] = int(v) if v is not None else None
+        else:
+            values[name] = f.number(camel)
+    for k in data:
+        if k not in f.seen:
+            f.fail(str(k)[:64], f"is not a policy field ({', '.join(_OVERRIDE_FIELDS)})")
+    if not errors:
+        o = PolicyOverride(**values)
+        for problem in override_problems("", o):
+            key, _, message = problem.partition(": ")
+            f.fail(_camel(key.lstrip(".")), message)
+        if not errors and not o.fields():
+            f.fail("(body)", "must set at least one policy field")
+    if errors:
+        raise ValidationFailed(errors)
+    return PolicyOverride(**values)
 
 
-def _retry_delay(attempt: int) -> float:
-    return backoff_delay(attempt, initial=RETRY_INITIAL_SECONDS, maximum=RETRY_MAXIMUM_SECONDS,
-                         jitter=0.0)
-
-
-class _Target:
-    """A queue and its worker's counters. Subclasses implement :meth:`attempt`."""
-
-    kind = "target"
-
-    def __init__(self, events: list[str], queue_size: int, max_attempts: int) -> None:
-        self.events = frozenset(events)
-        self.max_attempts = max_attempts
-        self._send, self._receive = trio.open_memory_channel[Alert](queue_size)
-        self.cancel_scope = trio.CancelScope()
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
-        self.attempts = 0
-
-    @property
-    def name(self) -> str:
-        raise NotImplementedError
-
-    @property
-    def label(self) -> str:
-        """How logs name the target (never a secret)."""
-        return self.name
-
-    @property
-    def queued(self) -> int:
-        return self._send.statistics().current_buffer_used
-
-    def offer(self, alert: Alert) -> None:
-        if alert.event not in self.events:
-            return
-        try:
-            self._send.send_nowait(alert)
-        except trio.WouldBlock:
-            self.dropped += 1
-            if self.dropped % DROP_LOG_EVERY == 1:
-                log.warning("%s %s: queue full, alert dropped (%d dropped so far)",
-                            self.kind, self.label, self.dropped)
-
-    async def attempt(self, alert: Alert) -> tuple[bool, bool, str]:
-        """One delivery attempt: (delivered, worth retrying, what happened)."""
-        raise NotImplementedError
-
-    async def run(self, sleep: Sleep) -> None:
-        try:
-            with self.cancel_scope:
-                async for alert in self._receive:
-                    await self.deliver(alert, sleep)
-        finally:
-            left = self.queued
-            if left:
-                log.warning("%s %s: %d queued alerts not delivered", self.kind, self.label, left)
-
-    async def deliver(self, alert: Alert, sleep: Sleep) -> bool:
-        what = ""
-        for n in range(self.max_attempts):
-            if n:
-                await sleep(_retry_delay(n - 1))
-            self.attempts += 1
-            ok, retry, what = await self.attempt(alert)
-            if ok:
-                self.delivered += 1
-                log.debug("%s %s: %s for %s delivered", self.kind, self.label, alert.event,
-                          alert.client_id)
-                return True
-            log.info("%s %s: attempt %d of %d for %s %s failed: %s", self.kind, self.label,
-                     n + 1, self.max_attempts, alert.event, alert.client_id, what)
-            if not retry:
-                break
-        self.failed += 1
-        log.warning("%s %s: gave up on %s for %s: %s", self.kind, self.label, alert.event,
-                    alert.client_id, what)
-        return False
-
-    def stats(self) -> dict[str, Any]:
-        return {"kind": self.kind, "target": self.name, "delivered": self.delivered,
-                "failed": self.failed, "dropped": self.dropped, "attempts": self.attempts,
-                "queued": self.queued}
-
-
-class Webhook(_Target):
-    kind = "webhook"
-
-    def __init__(self, cfg: WebhookConfig) -> None:
-        super().__init__(cfg.events, cfg.queue_size, cfg.max_attempts)
-        self.config = cfg
-        self.secret = _read_secret(cfg.secret_file)
-
-    @property
-    def name(self) -> str:
-        return self.config.url
-
-    @property
-    def label(self) -> str:
-        # A webhook URL's path and query often carry a token (Slack, Teams, ...): logs show
-        # only where it goes.
-        parts = urlsplit(self.config.url)
-        port = f":{parts.port}" if parts.port else ""
-        return f"{parts.scheme}://{parts.hostname}{port}/…"
-
-    def headers(self, alert: Alert) -> dict[str, str]:
-        h = {"Content-Type": "application/json", "X-Rpad-Event": alert.event,
-             "X-Rpad-Delivery": alert.delivery_id}
-        if self.secret is not None:
-            h[SIGNATURE_HEADER] = sign(self.secret, alert.body)
-        return h
-
-    async def attempt(self, alert: Alert) -> tuple[bool, bool, str]:
-        try:
-            resp = await httpclient.request("POST", self.config.url, body=alert.body,
-                                            headers=self.headers(alert),
-                                            timeout_seconds=self.config.timeout_seconds)
-        except httpclient.HttpError as exc:
-            return False, True, str(exc)
-        if 200 <= resp.status < 300:
-            return True, False, f"HTTP {resp.status}"
-        retry = resp.status >= 500 or resp.status in (408, 429)
-        return False, retry, f"HTTP {resp.status}"
-
-
-class Email(_Target):
-    kind = "email"
-
-    def __init__(self, cfg: EmailConfig) -> None:
-        super().__init__(cfg.events, EMAIL_QUEUE_SIZE, EMAIL_MAX_ATTEMPTS)
-        self.config = cfg
-        self.password = (Path(cfg.password_file).read_text().strip()
-                         if cfg.password_file else None)
-
-    @property
-    def name(self) -> str:
-        return f"{self.config.host}:{self.config.port}"
-
-    def message(self, alert: Alert) -> EmailMessage:
-        c = alert.client
-        label = c.get("name") or alert.client_id
-        state = "offline" if alert.event == "client.offline" else "back online"
-        msg = EmailMessage()
-        msg["Subject"] = f"[rpad] {label} is {state}" + (
-            f" ({alert.reason})" if alert.event == "client.offline" and alert.reason else "")
-        msg["From"] = self.config.sender
-        msg["To"] = ", ".join(self.config.recipients)
-        msg["X-Rpad-Event"] = alert.event
-        msg["X-Rpad-Delivery"] = alert.delivery_id
-        lines = [
-            f"Client {alert.client_id} is {state}.",
-            "",
-            f"Event:           {alert.event}",
-            f"Reason:          {alert.reason or '-'}",
-            f"At:              {alert.at}",
-            f"Name:            {c.get('name') or '-'}",
-            f"IP address:      {c.get('ipAddress') or '-'}",
-            f"Version:         {c.get('version') or '-'}",
-            f"Last heartbeat:  {c.get('lastHeartbeatAt') or '-'}",
-        ]
-        msg.set_content("\n".join(lines) + "\n")
-        return msg
-
-    def _send_blocking(self, msg: EmailMessage) -> None:
-        cfg = self.config
-        with smtplib.SMTP(cfg.host, cfg.port, timeout=cfg.timeout_seconds) as smtp:
-            if cfg.starttls:
-                smtp.starttls(context=ssl.create_default_context())
-            if cfg.username:
-                smtp.login(cfg.username, self.password or "")
-            smtp.send_message(msg)
-
-    async def attempt(self, alert: Alert) -> tuple[bool, bool, str]:
-        msg = self.message(alert)
-        try:
-            await trio.to_thread.run_sync(self._send_blocking, msg, abandon_on_cancel=True)
-        except smtplib.SMTPAuthenticationError as exc:
-            return False, False, f"SMTP authentication refused: {exc.smtp_code}"
-        except smtplib.SMTPRecipientsRefused as exc:
-            return False, False, f"recipients refused: {', '.join(exc.recipients)}"
-        except (smtplib.SMTPException, OSError) as exc:
-            return False, True, f"{type(exc).__name__}: {exc}"
-        return True, False, "sent"
+def _override_json(o: PolicyOverride | None) -> dict[str, Any]:
+    return {_camel(k): v for k, v in (o.fields() if o else {}).items()}
 
 
 class Alerts:
-    """The alert sink: routes transitions to the configured targets' queues."""
-
-    def __init__(self, cfg: AlertsConfig, *, sleep: Sleep = trio.sleep) -> None:
+    def __init__(self, cfg: AlertsConfig, store: AlertStore, notices: NoticeSink | None, *,
+                 wall_clock: Callable[[], float]) -> None:
         self.config = cfg
-        self.sleep = sleep
-        self.webhooks: list[Webhook] = [Webhook(w) for w in cfg.webhooks]
-        self.email: Email | None = Email(cfg.email) if cfg.email.enabled else None
-        self._nursery: trio.Nursery | None = None
+        self.store = store
+        self.notices = notices
+        self.wall_clock = wall_clock
+        self.silences = SilenceBook(windows=[m.window() for m in cfg.maintenance])
+        self.api_overrides: dict[tuple[str, str], PolicyOverride] = {}
+        self.policy = AlertPolicy(cfg.policy.policy(), overrides=self._overrides(),
+                                  grouping=cfg.policy.grouping(), silences=self.silences)
+        self.outbox = Outbox(store, wall_clock=wall_clock,
+                             max_age_seconds=lambda: self.config.max_age_seconds,
+                             keep_per_target=lambda: self.config.log_per_target)
+        self.outbox.set_channels(build_channels(cfg.webhooks, cfg.email, cfg.apprise))
+        self._wake = trio.Event()
+        self.notifications_sent = 0
 
-    @property
-    def targets(self) -> list[_Target]:
-        out: list[_Target] = list(self.webhooks)
-        if self.email is not None:
-            out.append(self.email)
+    # -- policy overrides ----------------------------------------------------------------------
+
+    def _overrides(self) -> Overrides:
+        """The config's overrides with the admin API's on top (field by field)."""
+        tags = dict(self.config.policy.tags)
+        clients = dict(self.config.policy.clients)
+        for (scope, name), o in self.api_overrides.items():
+            table = tags if scope == "tag" else clients
+            base = table.get(name)
+            table[name] = attrs.evolve(base, **o.fields()) if base is not None else o
+        return Overrides(tags, clients)
+
+    def _apply_policy(self) -> None:
+        cfg = self.config.policy
+        self.policy.reconfigure(cfg.policy(), self._overrides(), cfg.grouping(), self.wall_clock())
+        self._wake.set()
+
+    async def set_override(self, scope: str, name: str, o: PolicyOverride, who: str) -> None:
+        self.api_overrides[(scope, name)] = o
+        self.store.put_override(scope, name, _override_json(o))
+        self._apply_policy()
+        log.info("alert policy override for %s %s set by %s: %s", scope, name, who, o.fields())
+        await self.store.durable()
+
+    async def delete_override(self, scope: str, name: str, who: str) -> bool:
+        if self.api_overrides.pop((scope, name), None) is None:
+            return False
+        self.store.delete_override(scope, name)
+        self._apply_policy()
+        log.info("alert policy override for %s %s removed by %s", scope, name, who)
+        await self.store.durable()
+        return True
+
+    def policies_json(self) -> dict[str, Any]:
+        cfg = self.config.policy
+        out: dict[str, Any] = {
+            "default": {_camel(k): v for k, v in attrs.asdict(cfg.policy()).items()},
+            "grouping": {"groupWindowSeconds": cfg.group_window_seconds,
+                         "groupThreshold": cfg.group_threshold}}
+        for scope, table in (("tag", cfg.tags), ("client", cfg.clients)):
+            names = set(table) | {n for s, n in self.api_overrides if s == scope}
+            out[scope + "s"] = {n: {"config": _override_json(table.get(n)),
+                                    "api": _override_json(self.api_overrides.get((scope, n)))}
+                                for n in sorted(names)}
         return out
 
-    # Totals for the metrics exporter.
+    # -- silences ------------------------------------------------------------------------------
+
+    async def add_silence(self, data: Any, who: str) -> Silence:
+        now = self.wall_clock()
+        silence = parse_silence(data, now=now, silence_id=new_id()[:16], principal=who)
+        self.silences.add(silence)
+        body = silence.to_json(now)
+        body.pop("active")
+        self.store.put_silence(silence.id, silence.ends_at, body)
+        self._wake.set()
+        log.info("silence %s created by %s (%s) until %s: %s", silence.id, who,
+                 silence.created_by, iso(silence.ends_at), silence.match.to_json())
+        await self.store.durable()
+        return silence
+
+    async def delete_silence(self, silence_id: str, who: str) -> Silence | None:
+        silence = self.silences.remove(silence_id)
+        if silence is None:
+            return None
+        self.store.delete_silence(silence_id)
+        self._wake.set()
+        log.info("silence %s deleted by %s", silence_id, who)
+        await self.store.durable()
+        return silence
+
+    def silences_json(self) -> list[dict[str, Any]]:
+        return self.silences.active_json(self.wall_clock())
+
+    # -- start ---------------------------------------------------------------------------------
+
+    async def load(self, clients: Iterable[Client], view: Callable[[Client], dict[str, Any]]) -> None:
+        """At start: the outbox, silences and API overrides from the store, and every client's
+        state for the policy (see :meth:`AlertPolicy.load`)."""
+        state = await self.store.load()
+        now = self.wall_clock()
+        for body in state.silences:
+            m = body["match"]
+            s = Silence(body["id"], _match(m), parse_iso(body["startsAt"]),
+                        parse_iso(body["endsAt"]), body["comment"], body["createdBy"],
+                        parse_iso(body["createdAt"]))
+            if s.ends_at > now:
+                self.silences.add(s)
+            else:
+                self.store.delete_silence(s.id)
+        for scope, name, fields in state.overrides:
+            known = {_OVERRIDE_FIELDS[k]: v for k, v in fields.items() if k in _OVERRIDE_FIELDS}
+            self.api_overrides[(scope, name)] = PolicyOverride(**known)
+        self.policy.reconfigure(self.config.policy.policy(), self._overrides(),
+                                self.config.policy.grouping(), now)
+        self.outbox.load(state.outbox)
+        for c in clients:
+            since = c.offline_since if c.status == "offline" else c.online_since
+            if since is not None:
+                self.policy.load(c.client_id, view(c), c.status, since, None, now)
+
+    # -- transitions and ticks -----------------------------------------------------------------
+
+    def client_transition(self, event: Event) -> None:
+        if event.type not in (CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED):
+            return
+        if event.type != CLIENT_REMOVED:
+            until = self.policy.silenced_until(event.client_id, event.data.get("tags") or (),
+                                               event.at)
+            if until is not None:
+                event.data["silenced"] = True
+                event.data["silencedUntil"] = iso(until)
+        self.policy.observe(event)
+        self._wake.set()
+
+    def _send(self, alert: Alert) -> None:
+        alert_id = new_id()
+        body = payload(alert, alert_id, "")
+        self.outbox.enqueue(body, alert_id=alert_id)
+        nc = self.config.notifications
+        if (self.notices is not None and nc.enabled and alert.filter_event in nc.events
+                and level_rank(alert.level) >= level_rank(nc.min_level)):
+            self.notices.publish_notice(notice_for(alert, now=self.wall_clock()))
+            self.notifications_sent += 1
+        names = ", ".join(i.client_id for i in alert.items[:5])
+        more = f" and {len(alert.items) - 5} more" if len(alert.items) > 5 else ""
+        log.info("alert %s (%s): %s%s", alert.event, alert.level, names, more)
+
+    def tick(self) -> None:
+        """Send every alert due now."""
+        for alert in self.policy.tick(self.wall_clock()):
+            self._send(alert)
+
+    async def _ticker(self) -> None:
+        next_prune = trio.current_time() + PRUNE_INTERVAL_SECONDS
+        while True:
+            self._wake = trio.Event()
+            self.tick()
+            at = self.policy.next_tick()
+            deadline = next_prune
+            if at is not None:
+                deadline = min(deadline, trio.current_time() + max(0.0, at - self.wall_clock()))
+            with trio.move_on_at(deadline):
+                await self._wake.wait()
+            if trio.current_time() >= next_prune:
+                next_prune = trio.current_time() + PRUNE_INTERVAL_SECONDS
+                for s in self.silences.prune(self.wall_clock()):
+                    self.outbox.stage(lambda s=s: self.store.delete_silence(s.id))  # type: ignore[misc]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The ticker and the outbox's workers, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.outbox.run)
+            nursery.start_soon(self._ticker)
+            task_status.started()
+
+    async def aclose(self) -> None:
+        await self.outbox.aclose()
+
+    # -- targets -------------------------------------------------------------------------------
+
+    @property
+    def channels(self) -> list[Channel]:
+        return [q.channel for q in self.outbox.queues.values()]
+
+    def send_test(self, target: str, who: str) -> str:
+        """Queue a test alert for a configured target; returns its delivery id. Raises
+        ValidationFailed for a name that is not a configured target, or while an earlier test
+        for it is still queued."""
+        q = self.outbox.queues.get(target)
+        if q is None:
+            names = ", ".join(sorted(self.outbox.queues)) or "none are configured"
+            raise ValidationFailed([{"field": "target",
+                                     "message": f"is not a configured target ({names})"}])
+        if any(r.payload.get("kind") == "test" for r in q.pending):
+            raise ValidationFailed([{"field": "target", "message":
+                                     "a test alert for this target is still queued; see "
+                                     "GET /api/v1/alerts/deliveries"}])
+        alert_id = new_id()
+        rows = self.outbox.enqueue(test_payload(self.wall_clock(), alert_id, "", target),
+                                   [q.channel], alert_id=alert_id)
+        if not rows:
+            raise ValidationFailed([{"field": "target", "message": "its queue is full"}])
+        log.info("test alert %s for %s requested by %s", rows[0].delivery_id, target, who)
+        return rows[0].delivery_id
+
+    async def deliveries(self, target: str | None, limit: int) -> dict[str, Any]:
+        queues = [q for q in self.outbox.queues.values() if target in (None, q.name)]
+        await self.store.durable()  # what has finished so far is in the log
+        records = await self.store.deliveries(target, limit)
+        return {"targets": [{**q.stats(), "label": q.channel.label} for q in queues],
+                "pending": [p for q in queues for p in q.pending_json()],
+                "log": [_record_json(r) for r in records]}
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [q.stats() for q in self.outbox.queues.values()]
+
     @property
     def delivered(self) -> int:
-        return sum(t.delivered for t in self.targets)
+        return sum(q.delivered for q in self.outbox.queues.values())
 
     @property
     def failed(self) -> int:
-        return sum(t.failed for t in self.targets)
+        return sum(q.failed for q in self.outbox.queues.values())
 
     @property
     def dropped(self) -> int:
-        return sum(t.dropped for t in self.targets)
-
-    def stats(self) -> list[dict[str, Any]]:
-        return [t.stats() for t in self.targets]
-
-    def client_transition(self, event: Event) -> None:
-        targets = self.targets
-        if not targets:
-            return
-        alert = make_alert(event)
-        if alert is None:
-            return
-        for t in targets:
-            t.offer(alert)
-
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run every target's worker until cancelled."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            for t in self.targets:
-                nursery.start_soon(t.run, self.sleep)
-            task_status.started()
-            try:
-                await trio.sleep_forever()
-            finally:
-                self._nursery = None
+        return sum(q.dropped for q in self.outbox.queues.values())
 
     def reconfigure(self, cfg: AlertsConfig) -> None:
-        """Apply new alert settings (SIGHUP). Unchanged targets keep their queue and worker."""
+        """Apply new alert settings (SIGHUP): targets, policy, maintenance windows. A target
+        whose secret or URL file cannot be read keeps the previous targets."""
         try:
-            old = list(self.webhooks)
-            webhooks: list[Webhook] = []
-            for wc in cfg.webhooks:
-                secret = _read_secret(wc.secret_file)
-                kept = next((w for w in old if w.config == wc and w.secret == secret), None)
-                if kept is not None:
-                    old.remove(kept)
-                webhooks.append(kept if kept is not None else Webhook(wc))
-            email = self.email
-            if not cfg.email.enabled:
-                email = None
-            elif email is None or email.config != cfg.email:
-                email = Email(cfg.email)
+            channels = build_channels(cfg.webhooks, cfg.email, cfg.apprise)
         except (OSError, ValueError) as exc:
             log.error("alerts: keeping the previous targets, cannot apply the new ones: %s", exc)
-            return
-        removed: list[_Target] = list(old)
-        if self.email is not None and email is not self.email:
-            removed.append(self.email)
-        started: list[_Target] = [t for t in webhooks if t not in self.webhooks]
-        if email is not None and email is not self.email:
-            started.append(email)
-        self.config, self.webhooks, self.email = cfg, webhooks, email
-        for t in removed:
-            t.cancel_scope.cancel()
-        if self._nursery is not None:
-            for t in started:
-                self._nursery.start_soon(t.run, self.sleep)
-        if removed or started:
-            log.info("alerts: %d targets started, %d stopped", len(started), len(removed))
+            channels = None
+        self.config = cfg
+        if channels is not None:
+            self.outbox.set_channels(channels)
+        self.silences.set_windows([m.window() for m in cfg.maintenance])
+        self._apply_policy()
+
+
+def _match(m: dict[str, Any]) -> Match:
+    return Match(frozenset(m.get("clientIds") or ()), frozenset(m.get("tags") or ()))
+
+
+def _record_json(r: DeliveryRecord) -> dict[str, Any]:
+    return {"deliveryId": r.delivery_id, "target": r.target, "event": r.event, "level": r.level,
+            "clients": r.clients, "createdAt": iso(r.created_at),
+            "finishedAt": iso(r.finished_at), "attempts": r.attempts, "outcome": r.outcome,
+            "detail": r.detail}

@@ -1,8 +1,9 @@
 """Feeds: what rpad tells dashboards, through the :class:`~rpad.backend.base.Broker`.
 
 Presence events go to ``client_status`` (transitions, status updates, removals) and
-``heartbeat``, each message stamped with the time its event happened; the notification policy
-(:mod:`rpad.core.notices`) turns some into a ``NOTIFICATION`` on ``notifications``. The
+``heartbeat``, each message stamped with the time its event happened, all of them at once.
+The alert policy (:mod:`rpad.service.alerts`) decides which become a ``NOTIFICATION`` on
+``notifications`` (:meth:`Feeds.publish_notice`). The
 management API's notifications, broadcasts and app events come through here too, so every
 message rpad sends is built in one place.
 
@@ -17,9 +18,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..backend.base import Broker
+from ..core.alert_text import Notice
 from ..core.jsonenc import dumps
 from ..core.model import HEARTBEAT_RECEIVED, Event
-from ..core.notices import notice_for
 from ..core.times import iso
 from ..core.topics import (
     NOTIFICATION,
@@ -37,17 +38,18 @@ class Feeds:
         self._notification_ids = itertools.count(1)
 
     def publish_events(self, events: Sequence[Event]) -> None:
-        """Presence events to their topics (never blocks), and their notifications."""
+        """Presence events to their topics (never blocks)."""
         broker = self.broker
         for ev in events:
             topic = TOPIC_HEARTBEAT if ev.type == HEARTBEAT_RECEIVED else TOPIC_CLIENT_STATUS
             broker.publish_nowait(topic, ev.type, dumps(ev.data), at=ev.at)
-            notice = notice_for(ev)
-            if notice is not None:
-                data = self.notification(title=notice.title, message=notice.message,
-                                         level=notice.level, auto_close=notice.auto_close,
-                                         extra=notice.extra)
-                broker.publish_nowait(TOPIC_NOTIFICATIONS, NOTIFICATION, dumps(data))
+
+    def publish_notice(self, notice: Notice) -> None:
+        """An alert's NOTIFICATION to ``notifications`` (never blocks)."""
+        data = self.notification(title=notice.title, message=notice.message,
+                                 level=notice.level, auto_close=notice.auto_close,
+                                 extra=notice.extra)
+        self.broker.publish_nowait(TOPIC_NOTIFICATIONS, NOTIFICATION, dumps(data))
 
     def notification(self, *, title: str, message: str, level: str = "info",
                      action_url: str | None = None, auto_close: bool | float | None = None,

@@ -1,7 +1,7 @@
 """Where a heartbeat goes: the one implementation of every presence change.
 
-backend write (transition, durable on return) → the response → feeds (the hub's fan-out,
-never blocks) → alerts (queued, never blocks). Every HTTP path (the Quart routes and the
+backend write (transition, durable on return) → the response → alerts (the policy notes the
+transition, never blocks) → feeds (the hub's fan-out, never blocks). Every HTTP path (the Quart routes and the
 heartbeat fast path) and the sweeper call these methods, so behaviour and errors are identical
 by construction.
 
@@ -84,14 +84,17 @@ class Presence:
                 self.transitions[ev.type] = self.transitions.get(ev.type, 0) + 1
         if not events:
             return
-        self.feeds.publish_events(events)
+        # The alert policy first: it marks the events of silenced clients (``silenced``,
+        # ``silencedUntil``) before dashboards see them.
         for ev in events:
             if ev.type == CLIENT_CONNECTED:
                 self.on_deadline_change()
             if ev.type in (CLIENT_CONNECTED, CLIENT_DISCONNECTED):
                 log.info("client %s is %s (%s)", ev.client_id,
                          "online" if ev.type == CLIENT_CONNECTED else "offline", ev.reason)
+            if ev.is_transition:
                 self.alerts.client_transition(ev)
+        self.feeds.publish_events(events)
 
     def _finish(self, applied: Applied[Any]) -> None:
         """Announce, then raise the durability error if there was one."""

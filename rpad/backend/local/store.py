@@ -34,7 +34,7 @@ from ...core.model import Client
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # After a failed commit: the first retry comes this soon (new writes are tried no sooner), and
 # retries with nothing new staged back off, doubling, to at most this interval.
@@ -112,6 +112,44 @@ MIGRATIONS: list[str] = [
         grace_until REAL NOT NULL
     );
     CREATE INDEX client_events_by_time ON client_events (client_id, at);
+    """,
+    # 3: alerts (issue 14): the durable outbox, the delivery log, silences, policy overrides
+    # made through the admin API. Written by rpad/backend/local/alert_store.py.
+    """
+    CREATE TABLE alert_outbox (
+        delivery_id TEXT PRIMARY KEY,
+        target TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at REAL NOT NULL,
+        last_error TEXT,
+        payload TEXT NOT NULL
+    );
+    CREATE TABLE alert_deliveries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT NOT NULL,
+        target TEXT NOT NULL,
+        event TEXT NOT NULL,
+        level TEXT NOT NULL,
+        clients TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        finished_at REAL NOT NULL,
+        attempts INTEGER NOT NULL,
+        outcome TEXT NOT NULL,
+        detail TEXT
+    );
+    CREATE INDEX alert_deliveries_by_target ON alert_deliveries (target, id);
+    CREATE TABLE silences (
+        id TEXT PRIMARY KEY,
+        ends_at REAL NOT NULL,
+        body TEXT NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE alert_policy_overrides (
+        scope TEXT NOT NULL,
+        name TEXT NOT NULL,
+        fields TEXT NOT NULL,
+        PRIMARY KEY (scope, name)
+    ) WITHOUT ROWID;
     """,
 ]
 assert len(MIGRATIONS) == SCHEMA_VERSION
