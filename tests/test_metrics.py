@@ -208,18 +208,23 @@ async def test_webhook_deliveries_and_failures(
         cfg = make_config(
             presence={"min_interval_seconds": 0},
             alerts={"webhooks": [{"url": ok.url + "/path?secret=s3cr3t"},
-                                 {"url": refusing.url, "max_attempts": 3}]})
+                                 {"url": refusing.url, "max_attempts": 3, "name": "refusing"}]})
         d = await start_daemon(nursery, cfg)
-        assert (await d.heartbeat("robot-1")).status_code == 200  # client.online
+        assert (await d.heartbeat("robot-1")).status_code == 200  # new: no alert
         assert (await d.heartbeat("robot-1", status="offline")).status_code == 200
+        await ok.wait_for(1)
+        assert (await d.heartbeat("robot-1")).status_code == 200  # client.online
         await ok.wait_for(2)
         await refusing.wait_for(2)
         while d.daemon.alerts is not None and d.daemon.alerts.failed < 2:
             await trio.sleep(0.01)
         m = await scrape(d)
-        # Targets are named without path or query: webhook URLs often carry credentials.
-        good = {"kind": "webhook", "target": ok.url.rsplit("/", 1)[0]}
-        bad = {"kind": "webhook", "target": refusing.url.rsplit("/", 1)[0]}
+        # Targets are named by their name (default: webhook-<hash of the URL>), never by
+        # their URL: webhook URLs often carry credentials.
+        assert d.daemon.alerts is not None
+        good = {"kind": "webhook", "target": d.daemon.alerts.channels[0].name}
+        assert good["target"].startswith("webhook-")
+        bad = {"kind": "webhook", "target": "refusing"}
         assert value(m, "rpad_alert_deliveries_total", **good) == 2
         assert value(m, "rpad_alert_failures_total", **good) == 0
         assert value(m, "rpad_alert_deliveries_total", **bad) == 0

@@ -126,17 +126,13 @@ class RegistryMachine(RuleBasedStateMachine):
 
     def _publish(self, events: list[Event]) -> None:
         """What Presence does with the events of a change: hand them to the feeds. Each event
-        is one message on its topic; an offline transition or a comeback is also a
-        notification."""
+        is one message on its topic, at once; notifications are the alert policy's
+        (tests/test_alert_policy.py), never the feeds' own."""
         before = {t: self.broker.topic_seq(t) for t in TOPICS}
         self.feeds.publish_events(events)
         for e in events:
             topic = TOPIC_HEARTBEAT if e.type == HEARTBEAT_RECEIVED else TOPIC_CLIENT_STATUS
             self.expected_seq[topic] = self.expected_seq.get(topic, 0) + 1
-            if e.type == CLIENT_DISCONNECTED or (
-                    e.type == CLIENT_CONNECTED and e.previous_status == "offline"):
-                self.expected_seq[TOPIC_NOTIFICATIONS] = (
-                    self.expected_seq.get(TOPIC_NOTIFICATIONS, 0) + 1)
         for t in TOPICS:
             assert self.broker.topic_seq(t) == self.expected_seq.get(t, 0), (t, events)
             new = self.broker.topic_seq(t) - before[t]

@@ -291,6 +291,7 @@ class Outbox:
                 for q in self.queues.values():
                     nursery.start_soon(q.run)
                 task_status.started()
+                await trio.sleep_forever()  # targets added by a reload start here too
         finally:
             self._nursery = None
             left = sum(q.queued for q in self.queues.values())
