@@ -36,6 +36,7 @@ from ..backend.base import AlertStore, DeliveryRecord
 from ..config import AlertsConfig
 from ..config_alerts import override_problems
 from ..core.alert_policy import (
+    LEVELS,
     POLICY_FIELDS,
     Alert,
     AlertPolicy,
@@ -83,14 +84,17 @@ def parse_override(data: Any) -> PolicyOverride:
     values: dict[str, Any] = {}
     for camel, name in _OVERRIDE_FIELDS.items():
         if name == "offline_level":
-            values[name] = f.string(camel, max_chars=16)
+            level = f.string(camel, max_chars=16)
+            if level is not None and level not in LEVELS:
+                f.fail(camel, f"must be one of {', '.join(LEVELS)}")
+            values[name] = level
         elif name in ("flap_transitions", "max_reminders"):
-            v = f.number(camel)
+            v = f.number(camel, minimum=0)
             if v is not None and v != int(v):
                 f.fail(camel, "must be a whole number")
             values[name] = int(v) if v is not None else None
         else:
-            values[name] = f.number(camel)
+            values[name] = f.number(camel, minimum=0)
     for k in data:
         if k not in f.seen:
             f.fail(str(k)[:64], f"is not a policy field ({', '.join(_OVERRIDE_FIELDS)})")
