@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from rpad.config import Config
+from rpad.core.times import iso
 
 from .conftest import Running, need_tool, tool_fixture
 from .test_alerts import daemon_running
@@ -182,6 +183,41 @@ async def test_silent_client_turns_offline(make_config: Callable[..., Config]) -
                 call(rpad.heartbeat, "quiet")
                 expect(row(page, "quiet")).to_have_attribute("data-status", "online")
                 expect(page.locator(".toast", has_text="quiet is online again")).to_be_visible()
+
+            await in_browser(scenario)
+
+
+async def test_silenced_clients_show_until_when(make_config: Callable[..., Config]) -> None:
+    cfg = make_config(presence={"min_interval_seconds": 0})
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        async with daemon_running(cfg) as rpad:
+            await rpad.request("POST", "/api/v1/clients", json={"clientId": "press-1",
+                                                                "tags": ["line-2"]})
+            await rpad.heartbeat("press-1")
+            await rpad.heartbeat("press-2")
+
+            def scenario(page: Any) -> None:
+                open_dashboard(page, rpad)
+                expect(page.locator("tbody tr")).to_have_count(2)
+                expect(page.locator(".silence-banner")).to_be_hidden()
+                resp = call(rpad.request, "POST", "/api/v1/silences", json={
+                    "match": {"tags": ["line-2"]}, "comment": "die change",
+                    "endsAt": iso(rpad.daemon.wall_clock() + 2 * 3600)})
+                assert resp.status_code == 201
+                # Its next transition is marked silenced: the page learns of the silence.
+                call(rpad.heartbeat, "press-1", status="offline")
+                badge = row(page, "press-1").locator(".silenced")
+                expect(badge).to_have_text(re.compile(r"^Silenced until \d\d?:\d\d( [AP]M)?$"))
+                expect(badge).to_have_attribute("title", re.compile(r"^die change \(tester\)"))
+                expect(row(page, "press-2").locator(".silenced")).to_have_count(0)
+                banner = page.locator(".silence-banner")
+                expect(banner).to_be_visible()
+                expect(banner).to_contain_text("tag line-2 until")
+                expect(banner).to_contain_text("die change")
+                # No offline toast: the alert waits for the end of the silence.
+                expect(row(page, "press-1")).to_have_attribute("data-status", "offline")
+                page.wait_for_timeout(300)
+                expect(page.locator(".toast", has_text="went offline")).to_have_count(0)
 
             await in_browser(scenario)
 

@@ -7,6 +7,7 @@
 // batched per animation frame and only touches the DOM nodes whose text changed.
 
 import { RpadClient, backoffDelay, clearToken, saveToken, tokenFromPage } from "./rpad-client.js";
+import { Silences } from "./silences.js";
 
 const TOPICS = ["servers", "notifications"];
 const PAGE_SIZE = 50;
@@ -20,6 +21,7 @@ const STATUS_ORDER = { offline: 0, unknown: 1, online: 2 };
 const SORT_DEFAULT_DIR = { status: "asc", name: "asc", version: "desc", heartbeat: "desc", cpu: "desc", memory: "desc" };
 
 const $ = (id) => document.getElementById(id);
+const silences = new Silences({ onChange: () => scheduleRender() });
 
 const ui = {
   conn: $("conn"), connText: $("conn-text"), retry: $("retry"), changeToken: $("change-token"),
@@ -241,6 +243,7 @@ function updateRow(r, c) {
   if (status === "offline" && c.offlineSince) pillTitle = `offline since ${localTime(c.offlineSince)}${c.reason ? ` (${c.reason})` : ""}`;
   if (status === "unknown") pillTitle = "registered, never heard from";
   setAttr(r.pill, "title", pillTitle);
+  silences.decorate(r.pill.parentElement, c);
 
   setText(r.name, c.name || c.clientId);
   setText(r.id, c.name ? c.clientId : c.osType || "");
@@ -589,6 +592,7 @@ function onEvent(msg) {
       if (d.clientId) {
         state.clients.set(d.clientId, d);
         state.flashes.add(d.clientId);
+        silences.note(d);
       }
       break;
     case "CLIENT_REMOVED":
@@ -746,6 +750,7 @@ async function start(token) {
   }
   const client = new RpadClient({ url: wsUrl, token, topics: TOPICS, maxAttempts: MAX_ATTEMPTS });
   client.setOptions("servers", { view: viewOf() });
+  silences.start(token);
   state.client = client;
   client.addEventListener("state", (e) => { if (client === state.client) showState(e.detail.state, e.detail); });
   client.addEventListener("established", (e) => {
