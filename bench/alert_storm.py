@@ -29,13 +29,13 @@ from typing import Any
 ROOT = Path(os.environ.get("BENCH_RPAD_ROOT", Path(__file__).resolve().parent.parent)).resolve()
 sys.path.insert(0, str(ROOT))
 
-import h11  # noqa: E402
-import trio  # noqa: E402
-import trio.testing  # noqa: E402
+import h11
+import trio
+import trio.testing
 
-from rpad import config as config_mod  # noqa: E402
-from rpad.client import httpclient  # noqa: E402
-from rpad.daemon import Daemon  # noqa: E402
+from rpad import config as config_mod
+from rpad.client import httpclient
+from rpad.daemon import Daemon
 
 INTERVAL_SECONDS = 10.0
 TIMEOUT_SECONDS = 30.0
