@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import detect
 import fanout
 import fleet
 import ingest
@@ -34,7 +35,7 @@ import latency
 import memory
 from common import BENCH_DIR, RPAD_ROOT
 
-BENCHES = ("ingest", "fanout", "latency", "memory", "fleet")
+BENCHES = ("ingest", "fanout", "latency", "memory", "fleet", "detect")
 
 
 def _machine() -> str:
@@ -186,6 +187,17 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f"{_f(st['full_s'], 2)} s to listening",
             f"empty database: {_f(st['empty_s'], 2)} s", "–", "< 3 s", _met(st["full_s"] < 3),
             "exec of rpad serve → its 'listening' line"))
+    if "detect" in r:
+        d = r["detect"]
+        out.append((
+            f"7. Time to detect: a silent client's deadline → its CLIENT_DISCONNECTED, "
+            f"{d['clients']:,} clients",
+            f"p50 {_f(d['event_p50_ms'], 1)} ms, p99 {_f(d['event_p99_ms'], 1)} ms, "
+            f"max {_f(d['event_max_ms'], 1)} ms",
+            f"→ read by a dashboard: p50 {_f(d['dashboard_p50_ms'], 1)} ms, "
+            f"p99 {_f(d['dashboard_p99_ms'], 1)} ms", "–", "< 100 ms",
+            _met(d["event_p99_ms"] < 100), "deadlines spread over 20 s; timeout 30 s, "
+            "check_interval 30 s"))
     return out
 
 
@@ -215,6 +227,8 @@ def _run_one(name: str, quick: bool, work: Path) -> Any:
         "latency": lambda: latency.run(quick, work),
         "memory": lambda: memory.run(quick, work),
         "fleet": lambda: fleet.run(quick, work),
+        "detect": lambda: {**detect.run(10_000 if quick else 100_000, 1 if quick else 3, 20.0),
+                           "clients": 10_000 if quick else 100_000},
     }
     return runners[name]()
 

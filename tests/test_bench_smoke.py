@@ -111,11 +111,14 @@ def test_the_table_has_a_row_for_every_measure() -> None:
                   for n in (1000, 10_000, 100_000)}
         | {"sweep_none_ms": 1.0, "sweep_1pct_ms": 1.0, "sweep_1pct_events": 1,
            "startup": {"clients": 100_000, "full_s": 1.0, "empty_s": 0.5}},
+        "detect": {"clients": 100_000} | {f"{w}_{p}_ms": 1.0 for w in ("event", "dashboard")
+                                          for p in ("p50", "p99", "max")},
     }
     text = suite.table(results)
     for measure in ("1. Heartbeat over HTTP", "2. Batch ingestion", "3. Fan-out to 100 ",
                     "3. Fan-out to 1,000 subscribers", "3. Fan-out to 100, frame batching",
                     "3. Fan-out to 1,000, frame batching", "4. Latency", "5. Memory",
-                    "6. SERVER_LIST for 10,000", "6. Sweep", "6. Start-up"):
+                    "6. SERVER_LIST for 10,000", "6. Sweep", "6. Start-up",
+                    "7. Time to detect"):
         assert measure in text, measure
-    assert len(text.splitlines()) == 2 + 2 + 4 + 2 + 1 + 3 + 1 + 1
+    assert len(text.splitlines()) == 2 + 2 + 4 + 2 + 1 + 3 + 1 + 1 + 1

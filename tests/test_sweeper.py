@@ -370,3 +370,55 @@ async def test_no_grace_without_clients_to_protect(
         rpad = await daemons.start(nursery, daemon_config(make_config))
         assert rpad.daemon.presence.view.grace_until == 0.0  # type: ignore[union-attr]
         await daemons.stop()
+
+
+async def test_a_slow_commit_does_not_delay_the_next_deadline(
+        clock: trio.testing.MockClock, tmp_path: Path, nursery: trio.Nursery) -> None:
+    """The disk stalls while the first sweep commits: the second client is still marked
+    offline at its own deadline (announced once the disk is back, both in order of marking)."""
+    import threading
+
+    store = Store(tmp_path / "rpad.db", commit_interval_ms=0)
+    await trio.to_thread.run_sync(store.open)
+    nursery.start_soon(store.run_committer)
+    announced: list[tuple[str, float]] = []
+
+    class Recorder(Silent):
+        def publish_events(self, events: Sequence[Event]) -> None:
+            announced.extend((e.client_id, e.at) for e in events if e.type == "CLIENT_DISCONNECTED")
+
+    registry = Registry(default_timeout_seconds=TIMEOUT, min_interval_seconds=0,
+                        auto_register=True)
+    presence = Presence(LocalPresence(registry, store), Recorder(), Silent(),
+                        wall_clock=fake_wall_clock())
+    s = trio.current_time()
+    await presence.heartbeat(Heartbeat(client_id="a"))  # deadline s+10
+    clock.jump(1.0)
+    await presence.heartbeat(Heartbeat(client_id="b"))  # deadline s+11
+    sweeper = Sweeper(presence, lambda: 1000.0, wall_clock=presence.wall_clock)
+    await nursery.start(sweeper.run)
+    gate = threading.Event()
+    apply = store._apply
+
+    def stalled(batch: Any) -> None:
+        gate.wait(30)  # the disk, stuck in fsync
+        apply(batch)
+
+    store._apply = stalled  # type: ignore[method-assign]
+    drive = Driver(clock, lambda: None)
+    await drive.advance_to(s + 11 + SLACK + US)
+    # Both marked at their own deadlines, though a's commit has not finished.
+    assert registry.get("a").offline_since == at(s + 10 + SLACK)  # type: ignore[union-attr]
+    assert registry.get("b").offline_since == at(s + 11 + SLACK)  # type: ignore[union-attr]
+    assert announced == []  # announced only once durable
+    gate.set()
+    for _ in range(3000):
+        await trio.to_thread.run_sync(lambda: None)
+        await trio.testing.wait_all_tasks_blocked()
+        if len(announced) == 2:
+            break
+    assert [(cid, t) for cid, t in announced] == [("a", at(s + 10 + SLACK)),
+                                                 ("b", at(s + 11 + SLACK))]
+    assert (sweeper.sweeps, sweeper.deadline_sweeps) == (2, 2)
+    nursery.cancel_scope.cancel()
+    await trio.to_thread.run_sync(store.close)

@@ -27,7 +27,7 @@ batch refuses only itself.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -121,10 +121,13 @@ class PresenceBackend(Protocol):
         """Remove a client (raises UnknownClient if there is none); the one result is it."""
         ...
 
-    async def sweep(self, now: float) -> Applied[Client]:
+    async def sweep(self, now: float, *,
+                    swept: Callable[[], None] | None = None) -> Applied[Client]:
         """Mark offline every client whose timeout has passed (nobody during the start-up
         grace). With several nodes, one sweeps at a time (a lease); the others get an empty
-        result."""
+        result. ``swept()`` is called as soon as the view is marked (before durability, which
+        can take a slow disk's fsync): the sweeper may then look for the next deadline while
+        this sweep's writes are committed."""
         ...
 
     def next_deadline(self) -> float | None:

@@ -26,6 +26,12 @@ log = logging.getLogger(__name__)
 # The sweeper wakes this long after a deadline: a client is offline once its last heartbeat is
 # *older* than its timeout, so at the deadline itself it is not yet.
 DEADLINE_SLACK_SECONDS = 0.001
+# Two sweeps at deadlines are at least this far apart: a fleet whose deadlines come thousands
+# a second is swept in batches (each one commit), not once per client.
+MIN_SWEEP_GAP_SECONDS = 0.005
+# A sweep is marked in memory at once and committed in the background; at most this many
+# sweeps wait on their commit (a stalled disk holds the sweeper back, not the memory).
+MAX_SWEEPS_IN_FLIGHT = 32
 
 
 class StateTopics(Protocol):
@@ -56,10 +62,14 @@ class Sweeper:
     related through ``wall_clock()`` at each round, so a wall clock that is stepped moves the
     alarm with it.
 
+    A sweep marks the clients in the view at once; its commit (a disk's fsync, which can take
+    long) and its announcement follow in a task of its own, so the next deadline is not kept
+    waiting behind it (at most :data:`MAX_SWEEPS_IN_FLIGHT` such tasks). Two sweeps are at
+    least :data:`MIN_SWEEP_GAP_SECONDS` apart.
+
     Error handling: a sweep whose commit failed is announced anyway (see
     :meth:`Presence.sweep`); should the backend report the same deadline again after a sweep
-    that found nothing (it should not), the sweeper waits for the upper bound instead of
-    spinning.
+    (it should not), the sweeper waits for the upper bound instead of spinning.
     """
 
     def __init__(self, presence: Presence, interval_seconds: Callable[[], float], *,
@@ -68,6 +78,7 @@ class Sweeper:
         self.interval_seconds = interval_seconds
         self.wall_clock = wall_clock
         self._poked = trio.Event()
+        self._in_flight = trio.Semaphore(MAX_SWEEPS_IN_FLIGHT)
         # Counters: sweeps run, and those woken by a deadline (the rest by the upper bound).
         self.sweeps = 0
         self.deadline_sweeps = 0
@@ -88,11 +99,18 @@ class Sweeper:
         return (at, deadline) if at < cap else (cap, None)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
+        async with trio.open_nursery() as sweeps:
+            task_status.started()
+            await self._loop(sweeps)
+
+    async def _loop(self, sweeps: trio.Nursery) -> None:
         last_sweep = trio.current_time()
+        last_was_deadline = False
         stuck: float | None = None
         while True:
             at, deadline = self.alarm(last_sweep, stuck)
+            if deadline is not None and last_was_deadline:
+                at = max(at, last_sweep + MIN_SWEEP_GAP_SECONDS)
             with trio.move_on_at(at):
                 await self._poked.wait()
             if self._poked.is_set():
@@ -106,14 +124,27 @@ class Sweeper:
                 if now_deadline is not None and now_deadline > self.wall_clock():
                     self.rearms += 1
                     continue
+            await self._in_flight.acquire()
             last_sweep = trio.current_time()
-            events = await self.presence.sweep()
+            last_was_deadline = deadline is not None
             self.sweeps += 1
             if deadline is not None:
                 self.deadline_sweeps += 1
-            stuck = deadline if deadline is not None and not events else None
+            swept = trio.Event()
+            sweeps.start_soon(self._sweep, swept)
+            await swept.wait()  # the view is marked; its commit may still be running
+            after = self.presence.backend.next_deadline()
+            stuck = deadline if deadline is not None and after == deadline else None
+
+    async def _sweep(self, swept: trio.Event) -> None:
+        """One sweep: marked at once (``swept`` is set), announced once durable."""
+        try:
+            events = await self.presence.sweep(swept=swept.set)
             if events:
                 log.debug("sweep marked %d clients offline", len(events))
+        finally:
+            swept.set()
+            self._in_flight.release()
 
 
 async def run_sweeper(

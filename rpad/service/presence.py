@@ -205,10 +205,11 @@ class Presence:
 
     # -- the sweeper's step --------------------------------------------------------------------
 
-    async def sweep(self) -> list[Event]:
-        """Mark silent clients offline. A commit failure is logged, not raised: the state is
-        kept and the backend retries it, and the news goes out."""
-        applied = await self.backend.sweep(self.wall_clock())
+    async def sweep(self, *, swept: Callable[[], None] | None = None) -> list[Event]:
+        """Mark silent clients offline (``swept()`` is called once the view is marked, before
+        the commit). A commit failure is logged, not raised: the state is kept and the backend
+        retries it, and the news goes out."""
+        applied = await self.backend.sweep(self.wall_clock(), swept=swept)
         if applied.error is not None:
             log.error("could not persist %d offline transitions yet: %s", len(applied.events),
                       applied.error)

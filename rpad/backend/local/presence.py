@@ -14,7 +14,7 @@ commit; the result's ``error`` says so (the caller announces the events and answ
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import trio
@@ -121,15 +121,21 @@ class LocalPresence:
             return Applied([client], events, exc)
         return await self._durable([client], events)
 
-    async def sweep(self, now: float) -> Applied[Client]:
+    async def sweep(self, now: float, *,
+                    swept: Callable[[], None] | None = None) -> Applied[Client]:
         events = self.registry.sweep(now)
         if not events:
+            if swept is not None:
+                swept()
             return Applied([], [])
         clients = [c for c in (self.registry.get(ev.client_id) for ev in events) if c is not None]
         try:
             self._stage(clients, events)
         except StorageUnavailable as exc:
             return Applied(clients, events, exc)
+        finally:
+            if swept is not None:
+                swept()
         return await self._durable(clients, events)
 
     def next_deadline(self) -> float | None:
