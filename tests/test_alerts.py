@@ -660,7 +660,7 @@ async def test_email_retried_when_smtp_server_is_down(tmp_path: Path) -> None:
                 timeout_seconds=5)))
             alerts.client_transition(transition())
             email = queue(alerts)
-            await until(lambda: email.attempts >= 1)
+            await until(lambda: email.attempts >= 1 and email.in_flight is None)  # refused
             assert email.delivered == 0
             await nursery.start(smtp.serve, port)
             mails = await smtp.wait_for(1)

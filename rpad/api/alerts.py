@@ -25,11 +25,14 @@ from quart import Quart, Response, request
 from ..core.errors import ValidationFailed
 from ..core.principal import Principal, require_role
 from ..core.times import iso
-from ..core.validation import CLIENT_ID_RE, TAG_RE, client_id_from_path
+from ..core.validation import TAG_RE, client_id_from_path
 from ..service.alerts import parse_override
+from . import schemas as S
+from .alert_schemas import TAG as S_TAG
 from .bodies import int_arg, request_json_object
 from .context import ApiContext
 from .errors import ApiError, json_response
+from .openapi import ADMIN, VIEWER_UP, Answer, Param, operation
 from .security import request_principal
 
 DEFAULT_LOG_LIMIT = 100
@@ -50,18 +53,33 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     # -- silences ------------------------------------------------------------------------------
 
     @app.post("/api/v1/silences")
+    @operation("Silence clients for a while", tag="alerts", roles=ADMIN, body="SilenceRequest",
+               description="Matching clients raise no alerts until `endsAt`; their events "
+                           "still flow, marked `silenced`. An alert due meanwhile waits for "
+                           "the end (a client still down then raises its alert).",
+               answer=Answer(201, "the silence", "Silence"), errors=("storage_unavailable",))
     async def create_silence() -> Response:
         p = principal("admin")
         silence = await alerts.add_silence(await body(), p.sub)
         return json_response(silence.to_json(alerts.wall_clock()), 201)
 
     @app.get("/api/v1/silences")
+    @operation("List silences and maintenance windows", tag="alerts", roles=VIEWER_UP,
+               description="Silences not yet ended, and each configured maintenance window's "
+                           "current or next occurrence (`kind: maintenance`).",
+               answer=Answer(200, "the silences", "Silences"))
     async def list_silences() -> Response:
         principal("viewer")
         return json_response({"silences": alerts.silences_json(),
                               "serverTime": _iso_now(ctx)})
 
     @app.delete("/api/v1/silences/<silence_id>")
+    @operation("End a silence now", tag="alerts", roles=ADMIN,
+               path=(Param("silence_id", "the silence's id", S.string(64), where="path",
+                           required=True),),
+               description="Alerts it held back are looked at again at once.",
+               answer=Answer(200, "ended", "SilenceDeleted"),
+               errors=("unknown_silence", "storage_unavailable"))
     async def delete_silence(silence_id: str) -> Response:
         p = principal("admin")
         silence = await alerts.delete_silence(silence_id[:64], p.sub)
@@ -73,43 +91,77 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     # -- policies ------------------------------------------------------------------------------
 
     @app.get("/api/v1/alerts/policies")
+    @operation("Read the alert policies", tag="alerts", roles=VIEWER_UP,
+               description="The default policy and grouping (config), and the overrides per "
+                           "tag and per client: the config's and the API's.",
+               answer=Answer(200, "the policies", "Policies"))
     async def policies() -> Response:
         principal("viewer")
         return json_response(alerts.policies_json())
 
-    def scope_name(scope: str, name: str) -> tuple[str, str]:
-        if scope == "tags":
-            if not TAG_RE.fullmatch(name):
-                raise ValidationFailed([{"field": "tag",
-                                         "message": "must be 1 to 64 printable characters"}])
-            return "tag", name
-        if scope == "clients" and CLIENT_ID_RE.fullmatch(name):
-            return "client", client_id_from_path(name)
-        if scope == "clients":
-            client_id_from_path(name)  # raises the usual 422
-        raise ApiError(404, "not_found", "no such endpoint")
+    def tag_of(tag: str) -> str:
+        if not TAG_RE.fullmatch(tag):
+            raise ValidationFailed([{"field": "tag",
+                                     "message": "must be 1 to 64 printable characters"}])
+        return tag
 
-    @app.put("/api/v1/alerts/policies/<scope>/<path:name>")
-    async def put_policy(scope: str, name: str) -> Response:
+    async def put_override(scope: str, name: str) -> Response:
         p = principal("admin")
-        key = scope_name(scope, name)
         override = parse_override(await body())
-        await alerts.set_override(*key, override, p.sub)
-        return json_response({"scope": key[0], "name": key[1],
-                              "policy": alerts.policies_json()[key[0] + "s"][key[1]]})
+        await alerts.set_override(scope, name, override, p.sub)
+        return json_response({"scope": scope, "name": name,
+                              "policy": alerts.policies_json()[scope + "s"][name]})
 
-    @app.delete("/api/v1/alerts/policies/<scope>/<path:name>")
-    async def delete_policy(scope: str, name: str) -> Response:
+    async def delete_override(scope: str, name: str) -> Response:
         p = principal("admin")
-        key = scope_name(scope, name)
-        if not await alerts.delete_override(*key, p.sub):
+        if not await alerts.delete_override(scope, name, p.sub):
             raise ApiError(404, "unknown_override",
-                           f"no override of the admin API for this {key[0]}")
-        return json_response({"deleted": True, "scope": key[0], "name": key[1]})
+                           f"no override of the admin API for this {scope}")
+        return json_response({"deleted": True, "scope": scope, "name": name})
+
+    set_answer = Answer(200, "the override in force", "PolicySet")
+    set_text = ("Fields of the policy (camelCase); null or absent fields are not overridden. "
+                "Replaces this scope's earlier API override; the config's override stays under "
+                "it, field by field.")
+    deleted = Answer(200, "removed", "PolicyDeleted")
+    tag_param = (Param("tag", "the tag, exactly", S_TAG, where="path", required=True),)
+
+    @app.put("/api/v1/alerts/policies/tags/<path:tag>")
+    @operation("Override the alert policy of a tag", tag="alerts", roles=ADMIN, path=tag_param,
+               body="PolicyOverride", answer=set_answer, description=set_text)
+    async def put_tag_policy(tag: str) -> Response:
+        return await put_override("tag", tag_of(tag))
+
+    @app.delete("/api/v1/alerts/policies/tags/<path:tag>")
+    @operation("Remove a tag's override made through the API", tag="alerts", roles=ADMIN,
+               path=tag_param, answer=deleted, errors=("unknown_override",))
+    async def delete_tag_policy(tag: str) -> Response:
+        return await delete_override("tag", tag_of(tag))
+
+    @app.put("/api/v1/alerts/policies/clients/<client_id>")
+    @operation("Override the alert policy of a client", tag="alerts", roles=ADMIN,
+               body="PolicyOverride", answer=set_answer, description=set_text)
+    async def put_client_policy(client_id: str) -> Response:
+        return await put_override("client", client_id_from_path(client_id))
+
+    @app.delete("/api/v1/alerts/policies/clients/<client_id>")
+    @operation("Remove a client's override made through the API", tag="alerts", roles=ADMIN,
+               answer=deleted, errors=("unknown_override",))
+    async def delete_client_policy(client_id: str) -> Response:
+        return await delete_override("client", client_id_from_path(client_id))
 
     # -- deliveries and tests ------------------------------------------------------------------
 
     @app.get("/api/v1/alerts/deliveries")
+    @operation("Read the alert deliveries", tag="alerts", roles=ADMIN,
+               description="Each target's counters, the deliveries waiting in the outbox, and "
+                           "the finished ones (the delivery log), newest first.",
+               query=(Param("target", "only this target (its name)", S.string(64)),
+                      Param("limit", "log entries", {"type": "integer", "minimum": 1,
+                                                     "maximum": MAX_LOG_LIMIT,
+                                                     "default": DEFAULT_LOG_LIMIT})),
+               answer=Answer(200, "targets, pending and finished deliveries", "Deliveries"),
+               errors=("storage_unavailable",))
     async def deliveries() -> Response:
         principal("admin")
         target = request.args.get("target") or None
@@ -119,6 +171,11 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         return json_response(await alerts.deliveries(target, limit))
 
     @app.post("/api/v1/alerts/test")
+    @operation("Send a test alert to a configured target", tag="alerts", roles=ADMIN,
+               body="TestAlertRequest",
+               description="By the target's name; a request never gives an address. Queued "
+                           "like any alert (see the deliveries).",
+               answer=Answer(202, "queued", "TestAlertQueued"))
     async def test_alert() -> Response:
         p = principal("admin")
         data = await request_json_object(ctx.config.http.max_body_bytes)

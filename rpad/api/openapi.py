@@ -34,6 +34,7 @@ from quart import Quart
 
 from .. import __version__
 from . import schemas as S
+from .alert_schemas import alert_components
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,7 +50,8 @@ ERROR_STATUS = {
     "invalid_json": 400, "bad_request": 400,
     "unauthorized": 401, "token_expired": 401, "token_revoked": 401,
     "forbidden": 403,
-    "not_found": 404, "unknown_client": 404, "not_connected": 404,
+    "not_found": 404, "unknown_client": 404, "not_connected": 404, "unknown_silence": 404,
+    "unknown_override": 404,
     "body_too_large": 413,
     "validation_failed": 422,
     "rate_limited": 429, "too_many_auth_failures": 429,
@@ -290,7 +292,7 @@ def build_openapi(app: Quart) -> dict[str, Any]:
         "tags": TAGS,
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": S.components(),
+            "schemas": {**S.components(), **alert_components()},
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                 "description": "A token from `rpad token --role ROLE --sub ID` (or an agent "

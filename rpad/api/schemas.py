@@ -210,7 +210,15 @@ def _notification() -> Schema:
         "autoClose": {"type": ["boolean", "number", "null"]},
         "timestamp": TIME,
         "clientId": CLIENT_ID,
+        # rpad's alerts (rpad/service/alerts.py): which, and for a grouped one, whom.
+        "event": string(examples=["client.offline", "clients.offline"]),
+        "clientIds": {"type": "array", "items": CLIENT_ID},
+        "count": COUNT,
     }, ("id", "title", "message", "level", "actionUrl", "autoClose", "timestamp"))
+
+
+# A transition of a client under a silence or maintenance window (its alerts wait).
+SILENCED: dict[str, Schema] = {"silenced": {"const": True}, "silencedUntil": TIME}
 
 
 def _hub_stats() -> Schema:

@@ -135,13 +135,15 @@ def build_ws_schema() -> dict[str, Any]:
         model.CLIENT_CONNECTED: _message(
             {"const": model.CLIENT_CONNECTED}, {"const": TOPIC_CLIENT_STATUS},
             S.client_view_with({"reason": {"const": model.REASON_HEARTBEAT},
-                                 "previousStatus": statuses}, ("reason", "previousStatus")),
+                                 "previousStatus": statuses, **S.SILENCED},
+                                ("reason", "previousStatus")),
             "A client went online."),
         model.CLIENT_DISCONNECTED: _message(
             {"const": model.CLIENT_DISCONNECTED}, {"const": TOPIC_CLIENT_STATUS},
             S.client_view_with({"reason": {"enum": [model.REASON_TIMEOUT,
                                                      model.REASON_SHUTDOWN]},
-                                 "previousStatus": statuses}, ("reason", "previousStatus")),
+                                 "previousStatus": statuses, **S.SILENCED},
+                                ("reason", "previousStatus")),
             "A client went offline."),
         model.CLIENT_STATUS_UPDATE: _message(
             {"const": model.CLIENT_STATUS_UPDATE}, {"const": TOPIC_CLIENT_STATUS},
