@@ -286,8 +286,8 @@ from rpad import cli
 # transition was committed), as a bug in any of the daemon's tasks would.
 original = rpad.service.presence.Presence.sweep
 
-async def sweep(self):
-    events = await original(self)
+async def sweep(self, **kwargs):
+    events = await original(self, **kwargs)
     if events:
         raise RuntimeError("injected fault in the sweeper")
     return events
