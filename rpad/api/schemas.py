@@ -211,9 +211,10 @@ def _notification() -> Schema:
         "timestamp": TIME,
         "clientId": CLIENT_ID,
         # rpad's alerts (rpad/service/alerts.py): which, and for a grouped one, whom.
-        "event": string(examples=["client.offline", "clients.offline"]),
+        "event": string(examples=["client.offline", "clients.offline", "silence.created"]),
         "clientIds": {"type": "array", "items": CLIENT_ID},
         "count": COUNT,
+        "silenceId": string(),
     }, ("id", "title", "message", "level", "actionUrl", "autoClose", "timestamp"))
 
 

@@ -190,8 +190,23 @@ class Alerts:
         self._wake.set()
         log.info("silence %s created by %s (%s) until %s: %s", silence.id, who,
                  silence.created_by, iso(silence.ends_at), silence.match.to_json())
+        self._tell_dashboards("silence.created", silence)
         await self.store.durable()
         return silence
+
+    def _tell_dashboards(self, event: str, s: Silence) -> None:
+        """Who silenced what, until when, and why: a NOTIFICATION (the dashboards show it and
+        refresh their list of silences)."""
+        if self.notices is None or not self.config.notifications.enabled:
+            return
+        m = s.match
+        what = ", ".join([*sorted(m.client_ids), *(f"tag {t}" for t in sorted(m.tags))])
+        if event == "silence.created":
+            title, text = "Silenced", f"{what} until {iso(s.ends_at)} by {s.created_by}: {s.comment}"
+        else:
+            title, text = "Silence ended", f"{what} (was until {iso(s.ends_at)})"
+        self.notices.publish_notice(Notice(title, text, "info", True,
+                                           {"event": event, "silenceId": s.id}))
 
     async def delete_silence(self, silence_id: str, who: str) -> Silence | None:
         silence = self.silences.remove(silence_id)
@@ -200,6 +215,7 @@ class Alerts:
         self.store.delete_silence(silence_id)
         self._wake.set()
         log.info("silence %s deleted by %s", silence_id, who)
+        self._tell_dashboards("silence.deleted", silence)
         await self.store.durable()
         return silence
 

@@ -610,6 +610,7 @@ function onEvent(msg) {
     }
     case "NOTIFICATION":
       toast(d);
+      silences.note(d);
       return;
     case "SYSTEM_MESSAGE":
       toast({ title: d.title || "Message from rpad", message: d.message || JSON.stringify(d), level: d.level || "info" });

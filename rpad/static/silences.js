@@ -7,7 +7,7 @@
 // silences in force. Alerts for those clients wait; their events still arrive at once.
 //
 // Hooks in dashboard.js: `start(token)`, `decorate(cell, client)` in the row update,
-// `note(eventData)` for client_status events, and the `onChange` callback (re-render).
+// `note(data)` for client_status events and NOTIFICATIONs, and the `onChange` callback.
 
 const URL_ = "/api/v1/silences";
 const REFRESH_MS = 30000;
@@ -57,9 +57,13 @@ export class Silences {
     this.onChange();
   }
 
-  // A client_status event: refresh when it names a silence we do not know yet.
+  // A client_status event naming a silence we do not know yet, or rpad's NOTIFICATION that a
+  // silence was made or ended: refresh.
   note(data) {
-    if (data && data.silenced && !this.until(data)) this.refresh();
+    if (!data) return;
+    if ((data.silenced && !this.until(data)) || String(data.event || "").startsWith("silence.")) {
+      this.refresh();
+    }
   }
 
   // The end (ISO) of the latest silence in force that covers the client, or null.
