@@ -190,7 +190,7 @@ def rows(r: dict[str, Any]) -> list[Row]:
     if "detect" in r:
         d = r["detect"]
         out.append((
-            f"7. Time to detect: a silent client's deadline → its CLIENT_DISCONNECTED, "
+            f"9. Time to detect: a silent client's deadline → its CLIENT_DISCONNECTED, "
             f"{d['clients']:,} clients",
             f"p50 {_f(d['event_p50_ms'], 1)} ms, p99 {_f(d['event_p99_ms'], 1)} ms, "
             f"max {_f(d['event_max_ms'], 1)} ms",

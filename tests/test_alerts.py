@@ -676,3 +676,26 @@ def test_logs_name_a_webhook_without_its_path_or_query() -> None:
     assert hook.label.startswith("webhook-")
     assert hook.label.endswith(" (https://hooks.example.com:8443/…)")
     assert "SECRET" not in hook.label and "abc" not in hook.label
+
+
+async def test_the_ticker_sends_at_the_policys_exact_times(autojump_clock: Any,
+                                                           tmp_path: Path) -> None:
+    """The service on the fake clock: an offline alert exactly alert_after_seconds after the
+    transition, reminders exactly every repeat_every_seconds, a recovery at once."""
+    receiver = HttpReceiver()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(receiver.serve)
+        policy = PolicyConfig(alert_after_seconds=120, repeat_every_seconds=600,
+                              max_reminders=2, group_threshold=0, flap_transitions=0)
+        alerts = await start_alerts(nursery, tmp_path, alerts_config(
+            WebhookConfig(url=receiver.url), policy=policy))
+        start = trio.current_time()
+        alerts.client_transition(transition())
+        await trio.sleep(2000)
+        alerts.client_transition(transition(CLIENT_CONNECTED, reason="heartbeat"))
+        reqs = await receiver.wait_for(4)
+        assert [(r.json()["event"], r.at - start) for r in reqs] == [
+            ("client.offline", 120.0), ("client.reminder", 720.0), ("client.reminder", 1320.0),
+            ("client.online", 2000.0)]
+        assert [r.json().get("reminder") for r in reqs] == [None, 1, 2, None]
+        nursery.cancel_scope.cancel()
