@@ -230,6 +230,13 @@ async def test_webhook_deliveries_and_failures(
         assert value(m, "rpad_alert_deliveries_total", **bad) == 0
         assert value(m, "rpad_alert_failures_total", **bad) == 2  # 4xx: not retried
         assert value(m, "rpad_alert_dropped_total", **bad) == 0
+        # The policy's own figures: one outage, announced and ended; no silence.
+        assert value(m, "rpad_alerts_raised_total", kind="offline") == 1
+        assert value(m, "rpad_alerts_raised_total", kind="online") == 1
+        assert value(m, "rpad_alerts_raised_total", kind="reminder") == 0
+        assert value(m, "rpad_alert_messages_total") == 2
+        assert value(m, "rpad_alerts_deferred_total") == 0
+        assert value(m, "rpad_silences_active") == 0
         r = await d.request("GET", "/metrics", role="viewer")
         assert "s3cr3t" not in r.text and "/path" not in r.text
         await d.http.aclose()

@@ -81,6 +81,10 @@ class AlertStats(Protocol):
 
     def stats(self) -> list[dict[str, Any]]: ...
 
+    def policy_stats(self) -> Mapping[str, Any]:
+        """``raised`` (by kind), ``messages``, ``deferred``, ``silences`` (in force)."""
+        ...
+
 
 class ListenerStats(Protocol):
     """What the metrics read from a listener's connection gate
@@ -225,6 +229,19 @@ class RpadCollector(Collector):
             yield from _hub_families(self.hub.metrics_snapshot())
         if self.alerts is not None:
             yield from _alert_families(self.alerts.stats())
+            yield from _policy_families(self.alerts.policy_stats())
+
+
+def _policy_families(p: Mapping[str, Any]) -> Iterable[Metric]:
+    yield _counter("rpad_alerts_raised", "Alerts the policy raised, by kind (a client in a "
+                   "grouped alert counts once).", "kind", p.get("raised", {}),
+                   ("offline", "online", "reminder", "flapping"))
+    yield CounterMetricFamily("rpad_alert_messages", "Alert messages sent to the targets (a "
+                              "grouped alert is one).", value=p.get("messages", 0))
+    yield CounterMetricFamily("rpad_alerts_deferred", "Alerts held back by a silence or "
+                              "maintenance window until its end.", value=p.get("deferred", 0))
+    yield GaugeMetricFamily("rpad_silences_active", "Silences and maintenance windows in "
+                            "force now.", value=p.get("silences", 0))
 
 
 def _listener_families(gates: Iterable[ListenerStats]) -> Iterable[Metric]:

@@ -345,6 +345,12 @@ class Alerts:
     def stats(self) -> list[dict[str, Any]]:
         return [q.stats() for q in self.outbox.queues.values()]
 
+    def policy_stats(self) -> dict[str, Any]:
+        p = self.policy
+        active = sum(1 for s in self.silences_json() if s["active"])
+        return {"raised": dict(p.raised), "messages": p.messages, "deferred": p.deferred,
+                "silences": active}
+
     @property
     def delivered(self) -> int:
         return sum(q.delivered for q in self.outbox.queues.values())
