@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -195,6 +196,26 @@ def override_problems(key: str, o: PolicyOverride) -> list[str]:
     return p
 
 
+def _apprise_problems(key: str, ap: AppriseConfig) -> list[str]:
+    """URLs Apprise does not understand (never quoting them: they hold tokens)."""
+    where = f"{key}.url_file" if ap.url_file else f"{key}.url"
+    try:
+        text = Path(ap.url_file).read_text() if ap.url_file else ap.url
+    except OSError:
+        return []  # reported by the readability check
+    urls = [u.strip() for u in text.splitlines() if u.strip() and not u.startswith("#")]
+    if not urls:
+        return [f"{where}: names no Apprise URL"] if (ap.url_file or ap.url) else []
+    import apprise  # a large import: only when a target uses it
+
+    out = []
+    for i, url in enumerate(urls):
+        if not apprise.Apprise().add(url):
+            out.append(f"{where}: Apprise does not understand URL number {i + 1} (see "
+                       "https://github.com/caronc/apprise/wiki for the formats)")
+    return out
+
+
 def _events(key: str, events: list[str], p: list[str]) -> None:
     for ev in events:
         if ev not in ALL_EVENTS:
@@ -283,6 +304,7 @@ def validate_alerts(a: AlertsConfig, p: list[str], readable: Callable[[str, str,
             p.append(f"{key}: set url_file (the Apprise URL in a file, for URLs with tokens) "
                      "or url, not both")
         readable(f"{key}.url_file", ap.url_file, p)
+        p.extend(_apprise_problems(key, ap))
         positive(f"{key}.timeout_seconds", ap.timeout_seconds)
         positive(f"{key}.queue_size", ap.queue_size)
         p.extend(f"{key}.title_template: {x}" for x in template_problems(ap.title_template))

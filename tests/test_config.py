@@ -96,6 +96,31 @@ format = "json"
 
 
 REFUSED = [
+    # the alert policy, maintenance windows and Apprise targets (issue 14)
+    ("[alerts.policy]\nalert_after_seconds = -1\ngroup_threshold = -2",
+     ["alerts.policy.alert_after_seconds: must be from 0 to 31622400 seconds, got -1.0",
+      "alerts.policy.group_threshold: must not be negative (0: no grouping)"]),
+    ("[alerts.policy.tags.lab]\noffline_level = 'panic'",
+     ["alerts.policy.tags.lab.offline_level: 'panic' is not one of info, success, warning, "
+      "error, urgent"]),
+    ("[[alerts.maintenance]]\nname = 'w'\ndays = ['sonday']\nstart = '25:00'\n"
+     "duration_minutes = 0\ntimezone = 'Mars/Base'\ntags = ['db*']",
+     ["alerts.maintenance[0].days: 'sonday' is not a day of the week (mon, tue, ..., sun)",
+      "alerts.maintenance[0].start: '25:00' is not a time of day HH:MM",
+      "alerts.maintenance[0].duration_minutes: must be more than 0 and at most a week",
+      "alerts.maintenance[0].timezone: 'Mars/Base' is not a known time zone (such as "
+      "Europe/Berlin)",
+      "alerts.maintenance[0].tags[0]: not a tag (tags match exactly, no wildcards)"]),
+    ("[[alerts.apprise]]\nname = 'chat'\nurl = 'nosuchscheme://x/y'\n"
+     "title_template = '$nmae is down'",
+     ["alerts.apprise[0].url: Apprise does not understand URL number 1 (see "
+      "https://github.com/caronc/apprise/wiki for the formats)",
+      "alerts.apprise[0].title_template: unknown field $nmae (fields: event, kind, level, at, "
+      "clientId, name, reason, why, since, duration, ipAddress, version, tags, lastHeartbeat, "
+      "count, clients, reminder, maxReminders, transitions, deliveryId)"]),
+    ("[[alerts.webhooks]]\nurl = 'http://a'\nname = 'ops'\n[[alerts.webhooks]]\n"
+     "url = 'http://b'\nname = 'ops'",
+     ["alerts.webhooks[1].name: 'ops' is also the name of alerts.webhooks[0]"]),
     # typos: unknown keys, at every depth
     ("bogus = 1", ["bogus: unknown key"]),
     ("[presence]\nhearbeat_timeout_seconds = 10",
