@@ -171,7 +171,9 @@ class Daemon:
                                   wall_clock=self.wall_clock)
         feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
         self.alerts = Alerts(cfg.alerts, LocalAlertStore(store), feeds,
-                             wall_clock=self.wall_clock)
+                             wall_clock=self.wall_clock,
+                             client_view=lambda cid: (registry.view(c) if (c := registry.get(cid))
+                                                      is not None else None))
         self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
         self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)
         self.sweeper = Sweeper(self.presence, lambda: self.config.presence.check_interval_seconds,

@@ -64,6 +64,15 @@ HEAP_COMPACT_MIN = 1024
 
 # Internal (not alerts): the end of a flapping spell.
 _FLAP_END = "flap_end"
+# What the policy keeps of a client's view (for the text of its alerts): not its metadata or
+# metrics, so that a large fleet's policy state stays small. The sender adds the current full
+# view to a single client's alert.
+KEPT_FIELDS = ("clientId", "name", "status", "reason", "previousStatus", "tags", "ipAddress",
+               "version", "osType", "lastHeartbeatAt", "onlineSince", "offlineSince")
+
+
+def _kept(data: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: data[k] for k in KEPT_FIELDS if k in data}
 
 
 def level_rank(level: str) -> int:
@@ -276,11 +285,12 @@ class AlertPolicy:
         """A client as rpad found it at start (its policy state is not stored): one offline
         for longer than its ``alert_after_seconds`` is taken as already alerted (its
         recovery will be announced), one offline for less gets its alert when that time is
-        up, as if rpad had not restarted."""
-        if status not in (ONLINE, OFFLINE):
-            return
+        up, as if rpad had not restarted. Online ones need no state until they transition."""
+        if status != OFFLINE:
+            return  # an online client needs no state until it transitions
         tags = tuple(data.get("tags") or ())
-        c = _Client(client_id, self.policy_for(client_id, tags), data, tags, status, since, reason)
+        c = _Client(client_id, self.policy_for(client_id, tags), _kept(data), tags, status,
+                    since, reason)
         self._clients[client_id] = c
         if status == OFFLINE:
             due = since + c.policy.alert_after_seconds
@@ -303,14 +313,14 @@ class AlertPolicy:
         tags = tuple(ev.data.get("tags") or ())
         c = self._clients.get(ev.client_id)
         if c is None:
-            c = _Client(ev.client_id, self.policy_for(ev.client_id, tags), ev.data, tags,
+            c = _Client(ev.client_id, self.policy_for(ev.client_id, tags), {}, tags,
                         ev.previous_status or "unknown", t)
             self._clients[ev.client_id] = c
         elif tags != c.tags:
             c.tags = tags
             c.policy = self.policy_for(ev.client_id, tags)
         first = c.status == "unknown" and ev.type == CLIENT_CONNECTED
-        c.data = ev.data
+        c.data = _kept(ev.data)
         c.since = t
         p = c.policy
         if ev.type == CLIENT_DISCONNECTED:

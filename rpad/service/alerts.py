@@ -116,8 +116,11 @@ def _override_json(o: PolicyOverride | None) -> dict[str, Any]:
 
 class Alerts:
     def __init__(self, cfg: AlertsConfig, store: AlertStore, notices: NoticeSink | None, *,
-                 wall_clock: Callable[[], float]) -> None:
+                 wall_clock: Callable[[], float],
+                 client_view: Callable[[str], dict[str, Any] | None] = lambda _cid: None) -> None:
         self.config = cfg
+        # A client's current full view (a single client's alert carries it as ``client``).
+        self.client_view = client_view
         self.store = store
         self.notices = notices
         self.wall_clock = wall_clock
@@ -245,9 +248,8 @@ class Alerts:
                                 self.config.policy.grouping(), now)
         self.outbox.load(state.outbox)
         for c in clients:
-            since = c.offline_since if c.status == "offline" else c.online_since
-            if since is not None:
-                self.policy.load(c.client_id, view(c), c.status, since, None, now)
+            if c.status == "offline" and c.offline_since is not None:
+                self.policy.load(c.client_id, view(c), c.status, c.offline_since, None, now)
 
     # -- transitions and ticks -----------------------------------------------------------------
 
@@ -266,6 +268,10 @@ class Alerts:
     def _send(self, alert: Alert) -> None:
         alert_id = new_id()
         body = payload(alert, alert_id, "")
+        if not alert.grouped:
+            current = self.client_view(alert.items[0].client_id)
+            if current is not None:
+                body["client"] = current
         self.outbox.enqueue(body, alert_id=alert_id)
         nc = self.config.notifications
         if (self.notices is not None and nc.enabled and alert.filter_event in nc.events
