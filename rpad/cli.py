@@ -111,10 +111,11 @@ def _startup_problem(exc: BaseException) -> str | None:
     import errno
 
     from .backend.local.store import StorageCorrupt
+    from .backend.redis.link import DurabilityRefused
 
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
-    if isinstance(exc, StorageCorrupt):
+    if isinstance(exc, StorageCorrupt | DurabilityRefused):
         return str(exc)
     if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL,
                                                   errno.EACCES):

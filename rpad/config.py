@@ -7,11 +7,14 @@ reason, raised as :class:`ConfigError`.
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
+import socket
 import tomllib
 import typing
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
@@ -75,6 +78,9 @@ class HttpConfig:
     min_body_bytes_per_second: float = 1024.0
     # The peer must take each 64 KiB of a response within this long, or the connection is cut.
     send_timeout_seconds: float = 30.0
+    # SO_REUSEPORT: several rpad processes on one host share the port (the kernel spreads
+    # connections over them). Cluster mode only makes sense of it (backend = "redis").
+    reuse_port: bool = False
 
 
 @attrs.frozen
@@ -100,6 +106,8 @@ class WebSocketConfig:
     # The handshake (the HTTP upgrade request) must be complete this long after the connection
     # was accepted.
     handshake_timeout_seconds: float = 10.0
+    # SO_REUSEPORT, as http.reuse_port.
+    reuse_port: bool = False
 
 
 @attrs.frozen
@@ -189,6 +197,28 @@ class LoggingConfig:
 
 
 @attrs.frozen
+class ClusterConfig:
+    # "local": one node (SQLite). "redis": every node with the same Redis and key_prefix is
+    # one service (presence, topics' seq and history, limits, the sweep are shared).
+    backend: Literal["local", "redis"] = "local"
+    # redis://host:port/db or rediss:// (TLS); a user name may come before the host, never a
+    # password (it is read from redis_password_file).
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_password_file: str = ""
+    # This node's name in the cluster. Empty: host name and process id.
+    node_id: str = ""
+    # Every key and the bus channel start with it (several clusters can share one Redis).
+    key_prefix: str = "rpad"
+    # "strict": refuse to start unless Redis has appendonly yes + appendfsync always (a 2xx
+    # is durable). "relaxed": run anyway (warned, and shown in /api/v1/health).
+    durability: Literal["strict", "relaxed"] = "strict"
+
+    @property
+    def node_name(self) -> str:
+        return self.node_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+@attrs.frozen
 class Config:
     state_dir: str = DEFAULT_STATE_DIR
     http: HttpConfig = attrs.Factory(HttpConfig)
@@ -201,6 +231,7 @@ class Config:
     alerts: AlertsConfig = attrs.Factory(AlertsConfig)
     metrics: MetricsConfig = attrs.Factory(MetricsConfig)
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
+    cluster: ClusterConfig = attrs.Factory(ClusterConfig)
 
     @property
     def state_path(self) -> Path:
@@ -269,7 +300,8 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook(bool, _bool)
     conv.register_structure_hook_factory(_is_list_type, _list_hook)
     sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, HistoryConfig,
-                AuthConfig, StorageConfig, MetricsConfig, LoggingConfig, *ALERT_SECTIONS)
+                AuthConfig, StorageConfig, MetricsConfig, LoggingConfig, ClusterConfig,
+                *ALERT_SECTIONS)
     # A factory, so that a section's hook exists before the hook of the table holding it.
     conv.register_structure_hook_factory(lambda t: t in sections, lambda t: _table(t, conv))
     return conv
@@ -360,6 +392,41 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+@attrs.frozen
+class RedisEndpoint:
+    host: str
+    port: int
+    db: int
+    tls: bool
+    username: str | None
+
+
+def parse_redis_url(url: str) -> RedisEndpoint:
+    """``redis://[user@]host[:port][/db]`` or ``rediss://`` (TLS). Raises ValueError. A
+    password in the URL is refused: it belongs in ``cluster.redis_password_file``."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("redis", "rediss"):
+        raise ValueError(f"must start with redis:// or rediss://, got {url!r}")
+    if parts.password is not None:
+        raise ValueError("must not contain a password; put it in cluster.redis_password_file")
+    if not parts.hostname:
+        raise ValueError(f"has no host: {url!r}")
+    try:
+        port = parts.port or 6379
+    except ValueError:
+        raise ValueError(f"has a bad port: {url!r}") from None
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"the database must be a number, got {path!r}")
+    if parts.query or parts.fragment:
+        raise ValueError("must not have a query or a fragment")
+    return RedisEndpoint(parts.hostname, port, int(path or 0), parts.scheme == "rediss",
+                         urllib.parse.unquote(parts.username) if parts.username else None)
+
+
 def _readable(key: str, path: str, problems: list[str]) -> None:
     if not path:
         return
@@ -436,6 +503,23 @@ def validate(cfg: Config) -> None:
         p.append("storage.commit_interval_ms: must not be negative")
     positive("storage.max_batch", cfg.storage.max_batch)
     validate_alerts(cfg.alerts, p, _readable, positive)
+    cl = cfg.cluster
+    if cl.backend == "redis" and importlib.util.find_spec("glide") is None:
+        p.append("cluster.backend: \"redis\" needs the valkey-glide package: "
+                 "pip install 'rpad[cluster]'")
+    try:
+        parse_redis_url(cl.redis_url)
+    except ValueError as exc:
+        p.append(f"cluster.redis_url: {exc}")
+    _readable("cluster.redis_password_file", cl.redis_password_file, p)
+    if cl.node_id and not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", cl.node_id):
+        p.append(f"cluster.node_id: {cl.node_id!r} must be 1 to 128 of A-Z a-z 0-9 _ . : -")
+    if not NAME_RE.fullmatch(cl.key_prefix):
+        p.append(f"cluster.key_prefix: {cl.key_prefix!r} must be 1 to 64 of A-Z a-z 0-9 _ . : -")
+    if cl.backend == "local" and (cfg.http.reuse_port or ws.reuse_port):
+        which = "http.reuse_port" if cfg.http.reuse_port else "websocket.reuse_port"
+        p.append(f"{which}: processes sharing a port must share their state: it needs "
+                 'cluster.backend = "redis"')
     if p:
         raise ConfigError(p)
 

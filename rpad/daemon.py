@@ -20,7 +20,7 @@ import logging
 import secrets
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import attrs
@@ -34,12 +34,15 @@ from .api.context import ApiContext
 from .api.heartbeat import HeartbeatFastPath, ReadBodyFirst
 from .api.metrics import Metrics
 from .auth import Authenticator, Keys, load_keys
+from .backend.base import Broker, PresenceBackend
 from .backend.local.alert_store import LocalAlertStore
 from .backend.local.broker import LocalBroker
 from .backend.local.failures import LocalFailureCounter
 from .backend.local.history import LocalHistory
 from .backend.local.presence import LocalPresence
 from .backend.local.store import Store
+from .backend.redis.cluster import RedisCluster
+from .backend.redis.failures import RedisFailureCounter
 from .config import Config, ConfigError, HttpConfig
 from .core.registry import Registry
 from .httpserve import BodyLimits, RequestGuard, hypercorn_config, serve_http
@@ -47,6 +50,7 @@ from .hub.codes import HubCounters
 from .hub.fanout import Fanout
 from .hub.server import Hub
 from .hub.windows import WindowPusher
+from .listen import reuse_port_socket
 from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
 from .service.client_history import ClientHistory
@@ -90,7 +94,8 @@ class Daemon:
         self.ws_url: str | None = None
         # The parts, built by run() (None until then).
         self.store: Store | None = None
-        self.backend: LocalPresence | None = None
+        self.backend: PresenceBackend | None = None
+        self.cluster: RedisCluster | None = None
         self.presence: Presence | None = None
         self.auth: Authenticator | None = None
         self.alerts: Alerts | None = None
@@ -100,9 +105,9 @@ class Daemon:
         self.reload_results: dict[str, int] = {}
         self.app: Any = None
         self.api: ApiContext
-        self.broker: LocalBroker
+        self.broker: Broker
         self.feeds: Feeds
-        self.failures: LocalFailureCounter
+        self.failures: LocalFailureCounter | RedisFailureCounter
         self.server_list: ServerListPusher
         self.stats_pusher: StatsPusher
         # The listeners' connection gates (rpad.listeners), and Hypercorn's settings.
@@ -110,7 +115,8 @@ class Daemon:
                                         config.http.trusted_proxies)
         self.ws_gate: ConnectionGate | None = None
         self.hyper: HyperConfig | None = None
-        self.history: LocalHistory
+        # Metrics history (local backend only; None in cluster mode).
+        self.history: LocalHistory | None = None
         self.windows: WindowPusher
         self.sweeper: Sweeper
 
@@ -127,6 +133,8 @@ class Daemon:
         keys = load_keys(cfg)
         logs.add_secrets(keys.secrets)
         self.metrics = Metrics(epoch=self.epoch, reloads=lambda: self.reload_results)
+        # SQLite: the whole state with the local backend; in cluster mode only this node's
+        # alert outbox (the alerts of the transitions this node saw; Redis holds the rest).
         store = Store(cfg.database_path, commit_interval_ms=cfg.storage.commit_interval_ms,
                       max_batch=cfg.storage.max_batch,
                       history_per_client=cfg.presence.history_per_client,
@@ -134,31 +142,83 @@ class Daemon:
         loaded = await trio.to_thread.run_sync(store.open)
         self.store = store
         try:
-            await self._run(store, loaded, keys, task_status)
+            if cfg.cluster.backend == "redis":
+                await self._run_redis(store, keys, task_status)
+            else:
+                await self._run_local(store, loaded, keys, task_status)
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(store.close)
             self.notifier.close()
             log.info("rpad stopped")
 
-    def _build(self, store: Store, loaded: Any, keys: Keys) -> None:
-        """Every part, each given what it needs through its constructor, in dependency order."""
+    def _registry(self, grace_until: float = 0.0) -> Registry:
         cfg = self.config
-        assert self.metrics is not None
-        registry = Registry(
+        return Registry(
             default_timeout_seconds=cfg.presence.heartbeat_timeout_seconds,
             min_interval_seconds=cfg.presence.min_interval_seconds,
             auto_register=cfg.presence.registration == "auto",
-            grace_until=(self.wall_clock() + cfg.presence.grace_seconds
-                         if loaded.clients else 0.0),
+            grace_until=grace_until,
         )
+
+    async def _run_local(self, store: Store, loaded: Any, keys: Keys,
+                         task_status: trio.TaskStatus[Listening]) -> None:
+        """backend = "local": the registry in memory, durable in SQLite, this node alone."""
+        cfg = self.config
+        registry = self._registry(self.wall_clock() + cfg.presence.grace_seconds
+                                  if loaded.clients else 0.0)
         registry.load(loaded.clients)
-        self.history = LocalHistory(store, cfg.history, meta=loaded.meta,
-                                    wall_clock=self.wall_clock,
-                                    grace_until=registry.grace_until)
+        history = self.history = LocalHistory(store, cfg.history, meta=loaded.meta,
+                                              wall_clock=self.wall_clock,
+                                              grace_until=registry.grace_until)
         backend = self.backend = LocalPresence(registry, store, loaded.gens,
                                                history=self.history)
         self.failures = LocalFailureCounter(cfg.auth.max_failures_per_minute)
+
+        def make_broker(fanout: Fanout) -> Broker:
+            return LocalBroker(fanout, epoch=self.epoch, history_size=cfg.websocket.history_size,
+                               wall_clock=self.wall_clock)
+
+        self._build(keys, store, backend, registry, make_broker)
+        view = backend.view
+        log.info("loaded %d clients (%d online) from %s", len(view), view.online_count,
+                 store.path)
+        if view.grace_until:
+            log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
+
+        async def run_backend(task_status: trio.TaskStatus[None]) -> None:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(backend.run)
+                await nursery.start(history.run)
+                await nursery.start(self.broker.run)
+                task_status.started()
+
+        await self._serve(run_backend, task_status)
+
+    async def _run_redis(self, store: Store, keys: Keys,
+                         task_status: trio.TaskStatus[Listening]) -> None:
+        """backend = "redis": one node of a cluster sharing presence, topics and limits."""
+        cfg = self.config
+        cluster = self.cluster = RedisCluster(cfg, self._registry(), epoch=self.epoch,
+                                              wall_clock=self.wall_clock)
+        self.backend = cluster.presence
+        self.failures = cluster.failures
+        self._build(keys, store, cluster.presence, cluster.presence.registry,
+                    cluster.make_broker, cluster=cluster)
+        assert self.hub is not None
+        hub = self.hub
+        cluster.nodes.answer = hub.admin.answer
+        cluster.presence.on_lease = self.sweeper.poke  # the new holder sweeps who is due
+        cluster.tell_dashboards(hub.fanout, self.feeds.notification)
+        await self._serve(cluster.run, task_status)
+
+    def _build(self, keys: Keys, store: Store, backend: PresenceBackend, registry: Registry,
+               make_broker: Callable[[Fanout], Broker], *,
+               cluster: RedisCluster | None = None) -> None:
+        """Every part above the backend, each given what it needs through its constructor, in
+        dependency order."""
+        cfg = self.config
+        assert self.metrics is not None
         self.auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
                                   leeway_seconds=cfg.auth.leeway_seconds,
                                   token_generation=backend.token_generation,
@@ -166,9 +226,7 @@ class Daemon:
         gate = Gate(self.auth, self.failures)
         counters = HubCounters()
         fanout = Fanout(counters, wall_clock=self.wall_clock)
-        self.broker = LocalBroker(fanout, epoch=self.epoch,
-                                  history_size=cfg.websocket.history_size,
-                                  wall_clock=self.wall_clock)
+        self.broker = make_broker(fanout)
         feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
         self.alerts = Alerts(cfg.alerts, LocalAlertStore(store), feeds,
                              wall_clock=self.wall_clock,
@@ -182,45 +240,46 @@ class Daemon:
         hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
                              counters=counters, wall_clock=self.wall_clock,
                              trusted_proxies=frozenset(cfg.http.trusted_proxies),
-                             actions={"subscribe": self.windows.on_subscribe})
+                             actions={"subscribe": self.windows.on_subscribe},
+                             cluster=cluster.nodes if cluster is not None else None)
         self.ws_gate = hub.listener_gate
         # The state topics exist before the hub accepts anyone.
-        self.server_list = ServerListPusher(fanout, registry,
+        self.server_list = ServerListPusher(fanout, backend.view,
                                             lambda: self.config.push.interval_seconds,
                                             mode=lambda: self.config.push.mode)
         self.stats_pusher = StatsPusher(fanout, hub.admin.stats,
                                         lambda: self.config.push.stats_interval_seconds)
         self.metrics.collect(self.presence, storage=store, hub=hub.admin, alerts=self.alerts,
-                             listeners=(self.http_gate, hub.listener_gate))
+                             listeners=(self.http_gate, hub.listener_gate), cluster=cluster)
+
+        def extra_health() -> dict[str, Any]:
+            body: dict[str, Any] = {"websocket": hub.admin.health()}
+            if cluster is not None:
+                body.update(cluster.health())
+            return body
+
         self.api = ApiContext(config=cfg, presence=self.presence, gate=gate, auth=self.auth,
                               feeds=feeds, alerts=self.alerts, epoch=self.epoch,
-                              started_at=time.monotonic(),
-                              extra_health=lambda: {"websocket": hub.admin.health()},
-                              history=ClientHistory(backend, self.history,
-                                                    wall_clock=self.wall_clock))
+                              started_at=time.monotonic(), extra_health=extra_health,
+                              history=(ClientHistory(backend, self.history,
+                                                     wall_clock=self.wall_clock)
+                                       if self.history is not None else None))
         self.app = create_app(self.api, hub=hub, metrics=self.metrics,
                                ws_url=lambda: self.ws_url)
 
-    async def _run(self, store: Store, loaded: Any, keys: Keys,
-                   task_status: trio.TaskStatus[Listening]) -> None:
+    async def _serve(self, run_backend: Callable[..., Awaitable[None]],
+                     task_status: trio.TaskStatus[Listening]) -> None:
+        """Start the backend, then HTTP, the hub and the periodic tasks; run until stopped."""
         cfg = self.config
-        self._build(store, loaded, keys)
-        assert (self.presence is not None and self.hub is not None and self.alerts is not None
-                and self.backend is not None)
-        presence, hub, alerts, backend = self.presence, self.hub, self.alerts, self.backend
-        view = presence.view
-        log.info("loaded %d clients (%d online) from %s", len(view), view.online_count,
-                 store.path)
-        if view.grace_until:
-            log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
-        await alerts.load(list(view), view.view)
+        assert self.presence is not None and self.hub is not None and self.alerts is not None
+        presence, hub, alerts = self.presence, self.hub, self.alerts
 
         ensure_file_limit(cfg.http.max_connections + cfg.websocket.max_connections,
                           "http.max_connections + websocket.max_connections")
         async with trio.open_nursery() as nursery:
-            await nursery.start(backend.run)
-            await nursery.start(self.history.run)
-            await nursery.start(self.broker.run)
+            await nursery.start(run_backend)  # the view is loaded once it has started
+            view = presence.view
+            await alerts.load(list(view), view.view)
             async with trio.open_nursery() as services:
                 http_done = trio.Event()
 
@@ -236,6 +295,10 @@ class Daemon:
                             cfg.http.listen,
                             graceful_timeout_seconds=cfg.http.graceful_timeout_seconds,
                             keep_alive_timeout_seconds=cfg.http.keep_alive_timeout_seconds)
+                        if cfg.http.reuse_port:  # several processes share the port
+                            # Hypercorn takes the socket over by its file descriptor.
+                            self.hyper.bind = [
+                                f"fd://{reuse_port_socket(cfg.http.listen).detach()}"]
                         await serve_http(asgi, self.hyper, self.http_gate,
                                          send_timeout=lambda: self.config.http.send_timeout_seconds,
                                          shutdown_trigger=self._stop.wait,
@@ -333,18 +396,20 @@ class Daemon:
 
     def _apply(self, new: Config, keys: Keys) -> None:
         """Put a validated config into force (no I/O, cannot fail halfway)."""
-        assert self.backend is not None and self.auth is not None and self.store is not None
+        assert self.backend is not None and self.auth is not None
         self.config = new
         self.api.config = new
         self.app.config["MAX_CONTENT_LENGTH"] = new.http.max_body_bytes
         self.failures.max_per_window = new.auth.max_failures_per_minute
         self.backend.reconfigure(new.presence)
-        self.history.reconfigure(new.history)
+        if self.history is not None:
+            self.history.reconfigure(new.history)
         self.sweeper.poke()  # new timeouts: new deadlines
         # The sweeper and the pushers re-read their intervals from self.config every round.
-        self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,
-                               max_batch=new.storage.max_batch,
-                               history_per_client=new.presence.history_per_client)
+        if self.store is not None:
+            self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,
+                                   max_batch=new.storage.max_batch,
+                                   history_per_client=new.presence.history_per_client)
         self.auth.reconfigure(keys, issuer=new.auth.issuer, audience=new.auth.audience,
                               leeway_seconds=new.auth.leeway_seconds)
         logs.reconfigure(new.logging.level, new.logging.format)
@@ -380,8 +445,10 @@ class Daemon:
 
 # Settings bound at start-up: a reload keeps their running values and says so.
 RESTART_KEYS = ("state_dir", "http.listen", "http.graceful_timeout_seconds", "http.fast_path",
-                "websocket.listen", "websocket.max_message_bytes",
-                "websocket.handshake_timeout_seconds", "storage.path")
+                "http.reuse_port", "websocket.listen", "websocket.max_message_bytes",
+                "websocket.handshake_timeout_seconds", "websocket.reuse_port", "storage.path",
+                "cluster.backend", "cluster.redis_url", "cluster.redis_password_file",
+                "cluster.node_id", "cluster.key_prefix", "cluster.durability")
 
 
 def http_limits(http: HttpConfig) -> Limits:

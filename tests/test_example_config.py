@@ -36,6 +36,7 @@ def test_example_documents_every_key() -> None:
         ("auth", config.AuthConfig), ("storage", config.StorageConfig),
         ("alerts.webhooks", config.WebhookConfig), ("alerts.email", config.EmailConfig),
         ("metrics", config.MetricsConfig), ("logging", config.LoggingConfig),
+        ("cluster", config.ClusterConfig),
     ]:
         for f in attrs.fields(cls):
             if section_name == "" and f.name != "state_dir":

@@ -90,6 +90,11 @@ def test_lock_files_pin_everything_pyproject_asks_for() -> None:
     assert requirement_names(project["dependencies"] + extras["test"] + extras["bench"]) <= set(dev)
     # The server's lock is the dev lock without the test and bench packages: same versions.
     assert {name: dev[name] for name in server} == server
+    # A cluster node's lock: the server's plus the cluster extra, at the dev lock's versions.
+    cluster = locked(REPO / "requirements" / "cluster.txt")
+    assert requirement_names(project["dependencies"] + extras["cluster"]) <= set(cluster)
+    assert set(server) <= set(cluster)
+    assert {name: dev[name] for name in cluster} == cluster
     # rpad/hub/wire.py uses trio-websocket's internals: exactly the release tests/test_wire.py
     # checks, in pyproject.toml and in both locks.
     pinned = next(r for r in project["dependencies"] if r.startswith("trio-websocket"))

@@ -36,7 +36,7 @@ from .conftest import fake_wall_clock, need_tool, start_daemon
 from .wsclient import ws_connect
 
 REPO = Path(__file__).resolve().parent.parent
-UNITS = ("rpad.service", "rpad-agent.service")
+UNITS = ("rpad.service", "rpad-agent.service", "rpad@.service")
 # The bar for `systemd-analyze security` (0 = locked down, 10 = fully exposed).
 MAX_EXPOSURE = 2.5
 

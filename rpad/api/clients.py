@@ -70,7 +70,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                     "shutdown: the client is offline at once.",
         body="Heartbeat",
         answer=Answer(200, "recorded", "HeartbeatAnswer"),
-        errors=("unknown_client", "rate_limited", "storage_unavailable"),
+        errors=("unknown_client", "rate_limited", "storage_unavailable", "backend_unavailable"),
         links={200: {k: _CLIENT_LINKS[k] for k in ("getStatus", "getClient", "getEvents")}})
     async def heartbeat() -> Response:
         # The same implementation as the ASGI fast path (rpad.api.heartbeat), which normally
@@ -87,7 +87,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                     "together; each item is validated and answered on its own.",
         body="HeartbeatBatch",
         answer=Answer(200, "one result per heartbeat, in order", "HeartbeatBatchAnswer"),
-        errors=("storage_unavailable",))
+        errors=("storage_unavailable", "backend_unavailable",))
     async def heartbeats() -> Response:
         require_role(principal(), "service")
         items = (await body_object()).get("heartbeats")
@@ -112,7 +112,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         cid = client_id_from_path(client_id)
         require_client_access(p, cid, write=False)
         if p.role == "agent" or p.at_least("viewer"):
-            client = presence.view.get(cid)
+            client = await presence.client(cid)
             if client is None:
                 raise unknown_client()
             return json_response(presence.view.view(client))
@@ -161,7 +161,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         body="Registration",
         answer=(Answer(201, "registered", "ClientView"),
                 Answer(200, "it was registered already: updated", "ClientView")),
-        errors=("storage_unavailable",),
+        errors=("storage_unavailable", "backend_unavailable",),
         links={201: _CLIENT_LINKS, 200: _CLIENT_LINKS})
     async def register_client() -> Response:
         require_role(principal(), "admin")
@@ -176,8 +176,9 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                answer=Answer(200, "the client view", "ClientDetail"), errors=("unknown_client",))
     async def get_client(client_id: str) -> Response:
         require_role(principal(), "viewer")
-        client = presence.view.get(known_client(client_id))
-        assert client is not None
+        client = await presence.client(client_id_from_path(client_id))
+        if client is None:
+            raise unknown_client()
         body = presence.view.view(client)
         if ctx.history is not None:
             # Availability over 24 h / 7 d / 30 d (null when the database cannot be read:
@@ -192,7 +193,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     @operation("Remove a client", tag="clients", roles=ADMIN,
                description="Announced as CLIENT_REMOVED on the client_status topic.",
                answer=Answer(200, "removed", "Removed"),
-               errors=("unknown_client", "storage_unavailable"))
+               errors=("unknown_client", "storage_unavailable", "backend_unavailable"))
     async def delete_client(client_id: str) -> Response:
         require_role(principal(), "admin")
         view = await presence.remove(known_client(client_id))
@@ -204,7 +205,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                query=(Param("limit", "how many events", {
                    **_LIMIT, "maximum": MAX_EVENTS_LIMIT, "default": DEFAULT_EVENTS_LIMIT}),),
                answer=Answer(200, "the history", "StatusHistory"),
-               errors=("unknown_client", "storage_unavailable"))
+               errors=("unknown_client", "storage_unavailable", "backend_unavailable"))
     async def client_events(client_id: str) -> Response:
         require_role(principal(), "viewer")
         cid = known_client(client_id)
@@ -257,7 +258,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     @operation("Revoke a client's agent tokens", tag="tokens", roles=ADMIN,
                description="Every agent token minted for the client so far stops working "
                            "(durably: registering the id again does not revive them).",
-               answer=Answer(200, "revoked", "Revoked"), errors=("storage_unavailable",))
+               answer=Answer(200, "revoked", "Revoked"), errors=("storage_unavailable", "backend_unavailable",))
     async def revoke_tokens(client_id: str) -> Response:
         require_role(principal(), "admin")
         cid = client_id_from_path(client_id)

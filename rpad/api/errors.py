@@ -15,6 +15,7 @@ from quart import Response
 
 from ..core.errors import (
     AuthError,
+    BackendUnavailable,
     RateLimited,
     StorageUnavailable,
     TooManyFailures,
@@ -83,6 +84,11 @@ def translate(exc: BaseException) -> ApiError:
                         headers={"Retry-After": str(retry)})
     if isinstance(exc, UnknownClient):
         return unknown_client()
+    if isinstance(exc, BackendUnavailable):
+        return ApiError(503, "backend_unavailable",
+                        "the cluster's shared backend is unreachable; nothing was written; "
+                        "retry later",
+                        headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))})
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, "storage_unavailable",
                         "the database cannot commit right now; retry later",

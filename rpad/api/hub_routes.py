@@ -116,7 +116,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
                description="Subscribers of the topic get `{type, topic, seq, ts, data}`. The "
                            "topics rpad itself feeds (client_status, heartbeat, servers, "
                            "stats) refuse outside messages (403).",
-               body="Publication", answer=Answer(200, "published", "Published"))
+               body="Publication", answer=Answer(200, "published", "Published"),
+               errors=("backend_unavailable",))
     async def hub_publish() -> Response:
         who = principal()
         require_role(who, "service")
@@ -137,35 +138,37 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
 
     @app.get("/api/v1/websocket/stats")
     @operation("The hub's counters", tag="websocket", roles=ADMIN,
-               answer=Answer(200, "the counters", "HubStats"))
+               answer=Answer(200, "the counters", "HubStats"), errors=("backend_unavailable",))
     async def hub_stats() -> Response:
         require_role(principal(), "admin")
-        return json_response(admin.stats())
+        return json_response(await admin.cluster_stats())
 
     @app.get("/api/v1/websocket/connections")
     @operation("Every WebSocket connection", tag="websocket", roles=ADMIN,
-               answer=Answer(200, "the connections", "Connections"))
+               answer=Answer(200, "the connections", "Connections"), errors=("backend_unavailable",))
     async def hub_connections() -> Response:
         require_role(principal(), "admin")
-        conns = admin.connections()
-        return json_response({"connections": conns, "total": len(conns)})
+        conns, cluster = await admin.cluster_connections()
+        return json_response({"connections": conns, "total": len(conns), **cluster})
 
     @app.get("/api/v1/websocket/users/<user_id>/connections")
     @operation("One user's WebSocket connections", tag="websocket", roles=ADMIN,
-               answer=Answer(200, "the user's connections", "UserConnections"))
+               answer=Answer(200, "the user's connections", "UserConnections"),
+               errors=("backend_unavailable",))
     async def hub_user_connections(user_id: str) -> Response:
         require_role(principal(), "admin")
         uid = path_user(user_id)
-        conns = admin.connections(uid)
-        return json_response({"userId": uid, "connections": conns, "total": len(conns)})
+        conns, cluster = await admin.cluster_connections(uid)
+        return json_response({"userId": uid, "connections": conns, "total": len(conns),
+                              **cluster})
 
     @app.get("/api/v1/websocket/online-users")
     @operation("The users with an open connection", tag="websocket", roles=ADMIN,
-               answer=Answer(200, "the users", "OnlineUsers"))
+               answer=Answer(200, "the users", "OnlineUsers"), errors=("backend_unavailable",))
     async def hub_online_users() -> Response:
         require_role(principal(), "admin")
-        users = admin.online_users()
-        return json_response({"users": users, "total": len(users)})
+        users, cluster = await admin.cluster_online_users()
+        return json_response({"users": users, "total": len(users), **cluster})
 
     @app.get("/api/v1/websocket/health")
     @operation("The hub's health", tag="websocket", roles=None,
@@ -180,7 +183,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     @app.post("/api/v1/websocket/broadcast")
     @operation("Broadcast to every connection", tag="websocket", roles=ADMIN,
                description="On the system topic, which every connection holds.",
-               body="BroadcastRequest", answer=Answer(200, "broadcast", "Broadcast"))
+               body="BroadcastRequest", answer=Answer(200, "broadcast", "Broadcast"),
+               errors=("backend_unavailable",))
     async def hub_broadcast() -> Response:
         require_role(principal(), "admin")
         body = _Body(await body_object(), ("type", "data"))
@@ -199,7 +203,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     @operation("Send a notification", tag="websocket", roles=SERVICE_UP,
                description="To every connection of one user (`userId`), to a topic (`topic`), "
                            "or else to the notifications topic.",
-               body="NotifyRequest", answer=Answer(200, "sent", "Notified"))
+               body="NotifyRequest", answer=Answer(200, "sent", "Notified"),
+               errors=("backend_unavailable",))
     async def hub_notify() -> Response:
         who = principal()
         require_role(who, "service")
@@ -239,7 +244,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     @app.post("/api/v1/websocket/users/disconnect")
     @operation("Disconnect a user", tag="websocket", roles=ADMIN,
                description="Closes every connection of the user with 4010.",
-               body="DisconnectRequest", answer=Answer(200, "disconnected", "Disconnected"))
+               body="DisconnectRequest", answer=Answer(200, "disconnected", "Disconnected"),
+               errors=("backend_unavailable",))
     async def hub_disconnect_user() -> Response:
         require_role(principal(), "admin")
         body = _Body(await body_object(), ("userId", "reason"))
@@ -254,7 +260,8 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
     @app.post("/api/v1/websocket/ping/<user_id>")
     @operation("Ping a user's connections", tag="websocket", roles=ADMIN,
                query=(Param("timeoutSeconds", "how long to wait for each pong", PING_TIMEOUT),),
-               answer=Answer(200, "round trips", "PingResults"), errors=("not_connected",))
+               answer=Answer(200, "round trips", "PingResults"),
+               errors=("not_connected", "backend_unavailable"))
     async def hub_ping_user(user_id: str) -> Response:
         require_role(principal(), "admin")
         uid = path_user(user_id)
@@ -270,7 +277,7 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
                     "field": "timeoutSeconds",
                     "message": f"must be a number of seconds above 0 and at most "
                                f"{MAX_PING_USER_TIMEOUT_SECONDS:g}"}]) from None
-        if not admin.connections(uid):
+        results = await admin.cluster_ping_user(uid, timeout)
+        if not results:
             raise ApiError(404, "not_connected", "this user has no open WebSocket connection")
-        results = await admin.ping_user(uid, timeout)
         return json_response({"userId": uid, "results": results})

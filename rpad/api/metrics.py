@@ -65,7 +65,7 @@ COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 # Label values that exist from the start (a counter that is absent until its first increment
 # makes rate() and alerts awkward).
 HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "invalid", "unauthorized",
-                     "forbidden", "storage_error")
+                     "forbidden", "storage_error", "backend_unavailable")
 CLIENT_STATUSES = (ONLINE, OFFLINE, UNKNOWN)
 TRANSITIONS = {CLIENT_CONNECTED: "online", CLIENT_DISCONNECTED: "offline", CLIENT_REMOVED: "removed"}
 
@@ -100,6 +100,12 @@ class StorageStats(Protocol):
 
     commits: int
     commit_failures: int
+
+
+class ClusterStats(Protocol):
+    """What the metrics read from a cluster node (:class:`rpad.backend.redis.cluster.RedisCluster`)."""
+
+    def metrics_snapshot(self) -> Mapping[str, Any]: ...
 
 
 class CommitHistograms:
@@ -152,10 +158,11 @@ class Metrics:
 
     def collect(self, presence: Presence, *, storage: StorageStats | None = None,
                 hub: HubStats | None = None, alerts: AlertStats | None = None,
-                listeners: Iterable[ListenerStats] = ()) -> None:
+                listeners: Iterable[ListenerStats] = (),
+                cluster: ClusterStats | None = None) -> None:
         """Read these parts' counters at every scrape from now on."""
         self.registry.register(RpadCollector(self, presence, storage, hub, alerts,
-                                             tuple(listeners)))
+                                             tuple(listeners), cluster))
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the scraper asked for (Prometheus text 0.0.4 by
@@ -179,7 +186,9 @@ class RpadCollector(Collector):
 
     def __init__(self, metrics: Metrics, presence: Presence, storage: StorageStats | None,
                  hub: HubStats | None, alerts: AlertStats | None,
-                 listeners: tuple[ListenerStats, ...] = ()) -> None:
+                 listeners: tuple[ListenerStats, ...] = (),
+                 cluster: ClusterStats | None = None) -> None:
+        self.cluster = cluster
         self.m = metrics
         self.presence = presence
         self.storage = storage
@@ -221,6 +230,9 @@ class RpadCollector(Collector):
             yield CounterMetricFamily("rpad_store_commit_failures",
                                       "Failed SQLite group commits (retried with the next batch).",
                                       value=s.commit_failures)
+
+        if self.cluster is not None:
+            yield from _cluster_families(self.cluster.metrics_snapshot())
 
         # -- listeners, hub and alerts ---------------------------------------------------------
         if self.listeners:
@@ -275,6 +287,34 @@ def _listener_families(gates: Iterable[ListenerStats]) -> Iterable[Metric]:
         for reason, n in sorted(snap["cut"].items()):
             cut.add_metric([gate.name, reason], n)
     yield from (open_, cap, accepted, refused, cut)
+def _cluster_families(snap: Mapping[str, Any]) -> Iterable[Metric]:
+    """A cluster node's figures (:meth:`RedisCluster.metrics_snapshot`)."""
+    yield GaugeMetricFamily("rpad_cluster_backend_up",
+                            "1 while Redis is reachable from this node, 0 while degraded.",
+                            value=1 if snap["up"] else 0)
+    yield GaugeMetricFamily("rpad_cluster_view_stale_seconds",
+                            "How long this node's view has not been kept current (Redis "
+                            "unreachable); 0 when current.", value=snap["stale_seconds"])
+    yield GaugeMetricFamily("rpad_cluster_backend_durable",
+                            "1 when Redis has AOF with appendfsync always.",
+                            value=1 if snap["durable"] else 0)
+    yield GaugeMetricFamily("rpad_cluster_sweep_lease",
+                            "1 while this node holds the sweep lease.",
+                            value=1 if snap["sweep_lease"] else 0)
+    yield CounterMetricFamily("rpad_cluster_redis_round_trips",
+                              "Round trips to Redis (a pipelined batch is one).",
+                              value=snap["round_trips"])
+    yield CounterMetricFamily("rpad_cluster_redis_failures",
+                              "Requests to Redis that failed because it was unreachable.",
+                              value=snap["failures"])
+    yield CounterMetricFamily("rpad_cluster_heartbeat_groups",
+                              "Round trips that carried heartbeats (grouped).",
+                              value=snap["heartbeat_groups"])
+    yield CounterMetricFamily("rpad_cluster_heartbeats_sent",
+                              "Heartbeats sent to Redis.", value=snap["heartbeats_sent"])
+    yield CounterMetricFamily("rpad_cluster_seq_gaps_filled",
+                              "Topic messages the bus lost and this node read from history.",
+                              value=snap["gaps_filled"])
 
 
 def _hub_families(snap: Mapping[str, Any]) -> Iterable[Metric]:

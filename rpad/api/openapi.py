@@ -56,6 +56,8 @@ ERROR_STATUS = {
     "validation_failed": 422,
     "rate_limited": 429, "too_many_auth_failures": 429,
     "storage_unavailable": 503,
+    # Cluster mode: the shared backend (Redis) is unreachable from this node; nothing written.
+    "backend_unavailable": 503,
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"description": "the scheme: Bearer", "schema": S.string()}},

@@ -215,11 +215,24 @@ def _notification() -> Schema:
         "clientIds": {"type": "array", "items": CLIENT_ID},
         "count": COUNT,
         "silenceId": string(),
+        "degraded": {"type": "boolean", "description": "cluster mode, a node's own notice: "
+                                                       "its shared backend is unreachable "
+                                                       "(true) or back (false)"},
     }, ("id", "title", "message", "level", "actionUrl", "autoClose", "timestamp"))
 
 
 # A transition of a client under a silence or maintenance window (its alerts wait).
 SILENCED: dict[str, Schema] = {"silenced": {"const": True}, "silencedUntil": TIME}
+
+
+# Cluster mode: which nodes answered a cluster-wide view, which did not (in time).
+NODE = string(description="the cluster node (cluster.node_id) an entry comes from")
+CLUSTER_VIEW = {
+    "nodes": {"type": "array", "items": NODE,
+              "description": "cluster mode: the nodes that answered"},
+    "unreachableNodes": {"type": "array", "items": NODE,
+                         "description": "cluster mode: live nodes that did not answer in time"},
+}
 
 
 def _hub_stats() -> Schema:
@@ -235,6 +248,11 @@ def _hub_stats() -> Schema:
         "disconnections": {**counts, "description": "closed connections by reason"},
         "subscribersPerTopic": counts,
         "topics": {**COUNT, "description": "topics that have had messages"},
+        "node": NODE,
+        "perNode": {"type": "object", "additionalProperties": {"type": "object"},
+                    "description": "cluster mode: each node's own counters (the others are "
+                                   "sums over the nodes)"},
+        **CLUSTER_VIEW,
     }, ("epoch", "totalConnections", "activeConnections", "activeUsers", "messagesSent",
         "messagesReceived", "messagesPublished", "disconnections", "errors", "subscribersPerTopic",
         "topics"))
@@ -267,6 +285,7 @@ def _connection() -> Schema:
             "userAgent": nullable(string()), "authMethod": {"enum": ["query", "header",
                                                                       "message"]},
         }),
+        "node": NODE,
     }, ("connectionId", "userId", "role", "connectedAt", "isAlive", "topics", "queued",
         "metadata"))
 
@@ -274,7 +293,7 @@ def _connection() -> Schema:
 def _connections(extra: dict[str, Schema] | None = None) -> Schema:
     props = {**(extra or {}), "connections": {"type": "array", "items": ref("Connection")},
              "total": COUNT}
-    return obj(props, tuple(props))
+    return obj({**props, **CLUSTER_VIEW}, tuple(props))
 
 
 def _batch_result() -> Schema:
@@ -439,9 +458,12 @@ def components() -> dict[str, Schema]:
         "Connections": _connections(),
         "UserConnections": _connections({"userId": USER_ID}),
         "OnlineUsers": obj({
-            "users": {"type": "array", "items": obj({"userId": USER_ID, "connections": COUNT},
-                                                    ("userId", "connections"))},
-            "total": COUNT}, ("users", "total")),
+            "users": {"type": "array", "items": obj({
+                "userId": USER_ID, "connections": COUNT,
+                "nodes": {"type": "object", "additionalProperties": COUNT,
+                          "description": "cluster mode: connections per node"}},
+                ("userId", "connections"))},
+            "total": COUNT, **CLUSTER_VIEW}, ("users", "total")),
         "DisconnectRequest": obj(optional({"userId": USER_ID, "reason": text(200)}, ("userId",)),
                                  ("userId",)),
         "Disconnected": obj({"userId": USER_ID, "disconnected": COUNT},
@@ -450,12 +472,26 @@ def components() -> dict[str, Schema]:
             "userId": USER_ID,
             "results": {"type": "array", "items": obj({
                 "connectionId": string(), "ok": {"type": "boolean"}, "rttMs": nullable(NUMBER),
-                "error": {"enum": ["closed", "timeout"]}}, ("connectionId", "ok", "rttMs"))},
+                "error": {"enum": ["closed", "timeout"]}, "node": NODE},
+                ("connectionId", "ok", "rttMs"))},
         }, ("userId", "results")),
         "HubHealth": HUB_HEALTH,
         "Health": obj({
             "status": {"const": "ok"}, "epoch": EPOCH, "uptimeSeconds": NUMBER,
             "clients": COUNT, "online": COUNT, "serverTime": TIME, "websocket": ref("HubHealth"),
+            "cluster": obj({
+                "backend": {"const": "redis"}, "node": NODE,
+                "redis": {"enum": ["up", "unreachable"]}, "redisVersion": string(),
+                "stale": {"type": "boolean",
+                          "description": "true while Redis is unreachable: the reads of this "
+                                         "node are its last view"},
+                "staleSeconds": nullable(NUMBER),
+                "durability": {"enum": ["strict", "relaxed"]},
+                "durable": {"type": "boolean",
+                            "description": "Redis has appendonly yes and appendfsync always"},
+                "sweepLeaseHolder": nullable(NODE), "epoch": nullable(EPOCH),
+            }, ("backend", "node", "redis", "stale", "durability", "durable"),
+                description="cluster mode only"),
         }, ("status", "epoch", "uptimeSeconds", "clients", "online", "serverTime")),
         "DashboardConfig": obj({"wsUrl": nullable(string()), "version": string()},
                                ("wsUrl", "version")),

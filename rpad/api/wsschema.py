@@ -28,12 +28,14 @@ from ..core.topics import (
     SERVER_WINDOW,
     STATS_UPDATE,
     SUBSCRIBED,
+    SYSTEM_MESSAGE,
     TOKEN_REFRESHED,
     TOPIC_CLIENT_STATUS,
     TOPIC_HEARTBEAT,
     TOPIC_NOTIFICATIONS,
     TOPIC_SERVERS,
     TOPIC_STATS,
+    TOPIC_SYSTEM,
     UNSUBSCRIBED,
 )
 from ..core.window import FILTERS, MAX_LIMIT, MAX_OFFSET, MAX_Q_CHARS, SORT_KEYS
@@ -181,7 +183,12 @@ def build_ws_schema() -> dict[str, Any]:
             "A windowed subscription's page, sent when it changed.", seq_minimum=0),
         STATS_UPDATE: _message({"const": STATS_UPDATE}, {"const": TOPIC_STATS}, _d("HubStats"),
                                "The hub's counters (admins).", seq_minimum=0),
-        "NOTIFICATION.topic": _message({"const": NOTIFICATION}, {"const": TOPIC_NOTIFICATIONS},
+        "SYSTEM_MESSAGE.node": _message(
+            {"const": SYSTEM_MESSAGE}, {"const": TOPIC_SYSTEM}, _d("Notification"),
+            "Cluster mode: this node's own notice to its connections that its shared backend "
+            "became unreachable (data.degraded true) or is back (false). Outside the topic's "
+            "sequence, so seq is null.", seq_minimum=None),
+                "NOTIFICATION.topic": _message({"const": NOTIFICATION}, {"const": TOPIC_NOTIFICATIONS},
                                        _d("Notification"), "A notification."),
         # -- server -> client: everything else that is published ---------------------------
         "published": {

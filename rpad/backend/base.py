@@ -135,6 +135,13 @@ class PresenceBackend(Protocol):
         online): the sweeper sleeps until then."""
         ...
 
+    async def client(self, client_id: str) -> Client | None:
+        """One client's current state, for a query about that client: from the view on one
+        node; read from the shared backend (and installed in the view) when several nodes
+        share it, so that a change made through any node is seen at once. Falls back to the
+        view when the backend cannot be reached."""
+        ...
+
     async def status_history(self, client_id: str,
                              limit: int) -> list[tuple[float, str, str | None]]:
         """(at, status, reason) of the client's transitions, newest first."""

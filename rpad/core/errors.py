@@ -21,6 +21,15 @@ class StorageUnavailable(Exception):
     backend unreachable). The write is kept and retried; the request is not acknowledged."""
 
 
+class BackendUnavailable(StorageUnavailable):
+    """The shared backend (Redis) cannot be reached, or refuses writes for now: nothing was
+    written; retry after ``retry_after_seconds``."""
+
+    def __init__(self, message: str, retry_after_seconds: float = 5.0) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(message)
+
+
 class ValidationFailed(Exception):
     """A request body with bad fields. ``details`` is ``[{"field", "message"}]``."""
 

@@ -257,6 +257,45 @@ class Registry:
         if not lane:
             del self._lanes[key]
 
+    # -- installing states decided elsewhere (a shared backend) --------------------------------
+
+    def put(self, client: Client) -> None:
+        """Install a client's state as a shared backend decided it (a node's view of a change
+        made by any node). Replaces the client's object; keeps its place in the order."""
+        old = self._clients.get(client.client_id)
+        if old is not None:
+            client._order = old._order
+            if old.status == ONLINE:
+                self._online -= 1
+            self._clients[client.client_id] = client
+        else:
+            self._insert(client)
+        if client.status == ONLINE:
+            self._online += 1
+        self._bump(client)
+        if client.status == ONLINE:
+            last = client.last_heartbeat_at
+            if last is not None and last >= self._latest_beat:
+                self._latest_beat = last
+            # States from several nodes arrive a little out of order: the end of its lane is
+            # within milliseconds of its place, which only moves next_deadline() as much.
+            self._index_put(client)
+        else:
+            self._index_drop(client.client_id)
+
+    def drop(self, client_id: str) -> Client | None:
+        """Forget a client removed elsewhere (no event: the node that removed it announced
+        it). Returns it, or None if this view did not have it."""
+        client = self._clients.get(client_id)
+        if client is not None:
+            self.remove(client_id, 0.0)
+        return client
+
+    def event(self, type_: str, client: Client, now: float, reason: str | None,
+              previous_status: str | None = None) -> Event:
+        """The event of a transition of ``client`` (its data: the client view)."""
+        return self._event(type_, client, now, reason, previous_status)
+
     # -- transitions ---------------------------------------------------------------------------
 
     def _bump(self, client: Client) -> None:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..backend.base import Broker
 from ..core.access import may_publish_from_websocket, may_subscribe
-from ..core.errors import AuthError
+from ..core.errors import AuthError, BackendUnavailable
 from ..core.jsonenc import dumps
 from ..core.times import iso
 from ..core.topics import (
@@ -156,7 +156,13 @@ async def on_publish(hub: Hub, c: Connection, msg: dict[str, Any]) -> None:
     if not may_publish_from_websocket(c.principal, topic):
         hub.error(c, "forbidden", f"this token may not publish to {topic}", topic=topic)
         return
-    seq, delivered = await hub.broker.publish(topic, type_, dumps(msg.get("data")))
+    try:
+        seq, delivered = await hub.broker.publish(topic, type_, dumps(msg.get("data")))
+    except BackendUnavailable:
+        hub.error(c, "backend_unavailable",
+                  "the cluster's shared backend is unreachable; nothing was published; retry later",
+                  topic=topic)
+        return
     hub.reply(c, PUBLISHED, {"topic": topic, "seq": seq, "delivered": delivered})
 
 

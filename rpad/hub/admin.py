@@ -1,11 +1,15 @@
 """The hub as the management API sees it: connection views, stats, health, and acting on one
-user's connections (ping them, disconnect them)."""
+user's connections (ping them, disconnect them).
+
+In a cluster (``cluster`` given), the ``cluster_*`` views ask every node (each answers from its
+own hub with :meth:`HubAdmin.answer`) and merge the answers; each entry names its node, and
+nodes that did not answer in time are listed. On a single node they are the local views."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -25,12 +29,30 @@ PING_USER_TIMEOUT_SECONDS = 5.0
 MAX_PING_USER_TIMEOUT_SECONDS = 30.0
 
 
+class ClusterQuestions(Protocol):
+    """Questions to every node of a cluster (:class:`rpad.backend.redis.nodes.ClusterNodes`)."""
+
+    node_id: str
+
+    async def ask(self, kind: str, args: dict[str, Any],
+                  timeout_seconds: float = ...) -> tuple[dict[str, Any], list[str]]: ...
+
+
+# Stats that add up over the nodes of a cluster.
+_SUMMED = ("totalConnections", "activeConnections", "activeUsers", "messagesSent",
+           "messagesReceived", "messagesPublished", "errors", "internalErrors", "authFailures",
+           "rejectedHandshakes", "slowConsumers", "rateLimitedMessages", "conflatedMessages",
+           "droppedMessages", "serverListPushes", "serverListBuilds")
+
+
 class HubAdmin:
     """``config()`` is the hub's configuration in force; ``accepting()`` whether it accepts
     connections."""
 
     def __init__(self, fanout: Fanout, broker: Broker, counters: HubCounters, *,
-                 config: Callable[[], WebSocketConfig], accepting: Callable[[], bool]) -> None:
+                 config: Callable[[], WebSocketConfig], accepting: Callable[[], bool],
+                 cluster: ClusterQuestions | None = None) -> None:
+        self.cluster = cluster
         self.fanout = fanout
         self.broker = broker
         self.counters = counters
@@ -141,3 +163,81 @@ class HubAdmin:
             "activeConnections": len(self.fanout.connections),
             "epoch": self.broker.epoch,
         }
+
+    # -- the whole cluster -----------------------------------------------------------------------
+
+    async def answer(self, kind: str, args: dict[str, Any]) -> Any:
+        """This node's answer to a question of the cluster (see :meth:`cluster_connections`)."""
+        if kind == "connections":
+            return self.connections(args.get("userId"))
+        if kind == "online_users":
+            return self.online_users()
+        if kind == "stats":
+            return self.stats()
+        if kind == "ping":
+            user_id = str(args["userId"])
+            if not self.fanout.live(user_id):
+                return []
+            return await self.ping_user(user_id, float(args["timeoutSeconds"]))
+        raise ValueError(f"unknown question {kind!r}")
+
+    async def _ask(self, kind: str, args: dict[str, Any],
+                   timeout_seconds: float | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+        assert self.cluster is not None
+        if timeout_seconds is None:
+            answers, missing = await self.cluster.ask(kind, args)
+        else:
+            answers, missing = await self.cluster.ask(kind, args, timeout_seconds)
+        return answers, {"nodes": sorted(answers), "unreachableNodes": missing}
+
+    async def cluster_connections(self, user_id: str | None = None
+                                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Every connection (of ``user_id``) on every node, each with its ``node``."""
+        if self.cluster is None:
+            return self.connections(user_id), {}
+        answers, meta = await self._ask("connections", {"userId": user_id})
+        conns = [{**c, "node": node} for node, views in sorted(answers.items())
+                 for c in views or []]
+        return conns, meta
+
+    async def cluster_online_users(self) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        if self.cluster is None:
+            return self.online_users(), {}
+        answers, meta = await self._ask("online_users", {})
+        users: dict[str, dict[str, Any]] = {}
+        for node, entries in sorted(answers.items()):
+            for e in entries or []:
+                u = users.setdefault(e["userId"], {"userId": e["userId"], "connections": 0,
+                                                   "nodes": {}})
+                u["connections"] += e["connections"]
+                u["nodes"][node] = e["connections"]
+        return [users[k] for k in sorted(users)], meta
+
+    async def cluster_stats(self) -> dict[str, Any]:
+        """This node's stats, with the sums over every node and each node's own figures."""
+        local = self.stats()
+        if self.cluster is None:
+            return local
+        answers, meta = await self._ask("stats", {})
+        total = dict(local)
+        for key in _SUMMED:
+            total[key] = sum(int((a or {}).get(key, 0)) for a in answers.values())
+        subs: dict[str, int] = {}
+        for a in answers.values():
+            for topic, n in (a or {}).get("subscribersPerTopic", {}).items():
+                subs[topic] = subs.get(topic, 0) + n
+        total["subscribersPerTopic"] = dict(sorted(subs.items()))
+        total["node"] = self.cluster.node_id
+        total["perNode"] = {node: answers[node] for node in sorted(answers)}
+        total.update(meta)
+        return total
+
+    async def cluster_ping_user(self, user_id: str, timeout_seconds: float
+                                ) -> list[dict[str, Any]]:
+        if self.cluster is None:
+            return await self.ping_user(user_id, timeout_seconds)
+        answers, _ = await self._ask("ping", {"userId": user_id,
+                                              "timeoutSeconds": timeout_seconds},
+                                     timeout_seconds + 2.0)
+        return [{**r, "node": node} for node, results in sorted(answers.items())
+                for r in results or []]

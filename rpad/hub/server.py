@@ -64,10 +64,11 @@ from ..core.proxy import client_address
 from ..core.times import iso
 from ..core.topics import CONNECTION_ESTABLISHED, ERROR, TOPIC_SYSTEM
 from ..core.validation import has_lone_surrogate
+from ..listen import reuse_port_socket
 from ..listeners import Conn, ConnectionGate, GuardedListener, Limits
 from ..service.gate import Gate
 from .actions import ACTIONS, Action
-from .admin import HubAdmin
+from .admin import ClusterQuestions, HubAdmin
 from .codes import (
     CLOSE_FORBIDDEN,
     CLOSE_GOING_AWAY,
@@ -118,6 +119,7 @@ class Hub:
         trusted_proxies: frozenset[str] = frozenset(),
         actions: Mapping[str, Action] | None = None,
         listener_gate: ConnectionGate | None = None,
+        cluster: ClusterQuestions | None = None,
     ) -> None:
         self.config = config
         self.gate = gate
@@ -133,7 +135,7 @@ class Hub:
             "websocket", listener_limits(config), trusted_proxies)
         self.url = ""
         self.admin = HubAdmin(fanout, broker, counters, config=lambda: self.config,
-                              accepting=lambda: self._accepting)
+                              accepting=lambda: self._accepting, cluster=cluster)
         self._ids = itertools.count(1)
         self._ping_ids = itertools.count(1)
         self._closing = trio.Event()
@@ -164,7 +166,11 @@ class Hub:
         try:
             async with trio.open_nursery() as handlers:
                 async with trio.open_nursery() as acceptor:
-                    inner = await trio.open_tcp_listeners(port, host=host)
+                    if self.config.reuse_port:  # several processes share the port
+                        inner = [trio.SocketListener(trio.socket.from_stdlib_socket(
+                            reuse_port_socket(self.config.listen)))]
+                    else:
+                        inner = await trio.open_tcp_listeners(port, host=host)
                     server = WebSocketServer(
                         self._handle, [GuardedListener(i, gate) for i in inner],  # type: ignore[misc]
                         handler_nursery=handlers,

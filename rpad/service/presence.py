@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..backend.base import Applied, PresenceBackend, PresenceView
-from ..core.errors import RateLimited, UnknownClient, ValidationFailed
-from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, Event, HeartbeatOutcome
+from ..core.errors import BackendUnavailable, RateLimited, UnknownClient, ValidationFailed
+from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, Client, Event, HeartbeatOutcome
 from ..core.times import iso
 from ..core.validation import Heartbeat, Registration, parse_heartbeat
 
@@ -127,7 +127,11 @@ class Presence:
     async def heartbeat(self, hb: Heartbeat, peer: str | None = None) -> dict[str, Any]:
         """Record one heartbeat; returns the response body once it is durable."""
         now = self.wall_clock()
-        applied = await self.backend.heartbeats([hb], now, peer)
+        try:
+            applied = await self.backend.heartbeats([hb], now, peer)
+        except BackendUnavailable:
+            self.count_heartbeat("backend_unavailable")
+            raise
         result = applied.results[0]
         if isinstance(result, Exception):
             self._count_refusal(result)
@@ -164,7 +168,12 @@ class Presence:
             results.append(None)
             beats.append(hb)
             positions.append(i)
-        applied = await self.backend.heartbeats(beats, now, peer) if beats else Applied([], [])
+        try:
+            applied = (await self.backend.heartbeats(beats, now, peer) if beats
+                       else Applied([], []))
+        except BackendUnavailable:
+            self.count_heartbeat("backend_unavailable", len(beats))
+            raise
         accepted = 0
         for i, hb, result in zip(positions, beats, applied.results, strict=True):
             if isinstance(result, RateLimited):
@@ -215,6 +224,10 @@ class Presence:
                       applied.error)
         self._announce(applied)
         return applied.events
+
+    async def client(self, client_id: str) -> Client | None:
+        """One client as the backend has it now (see PresenceBackend.client)."""
+        return await self.backend.client(client_id)
 
     async def status_history(self, client_id: str,
                              limit: int) -> list[tuple[float, str, str | None]]:

@@ -143,6 +143,9 @@ class LocalPresence:
 
     # -- reads ---------------------------------------------------------------------------------
 
+    async def client(self, client_id: str) -> Client | None:
+        return self.registry.get(client_id)
+
     async def status_history(self, client_id: str,
                              limit: int) -> list[tuple[float, str, str | None]]:
         return await self.store.history(client_id, limit)
