@@ -43,12 +43,16 @@ from tests.redisproc import RedisProcess  # noqa: E402
 SECRET = "bench-cluster-secret-0123456789abcdef0123"
 
 
+DURABILITY = "strict"
+
+
 def _config(work: Path, name: str, redis: RedisProcess | None, **extra: Any) -> dict[str, Any]:
     secret = work / "jwt.secret"
     secret.write_text(SECRET)
     sections: dict[str, dict[str, Any]] = {"auth": {"secret_file": str(secret)}}
     if redis is not None:
-        sections["cluster"] = {"backend": "redis", "redis_url": redis.url, "node_id": name}
+        sections["cluster"] = {"backend": "redis", "redis_url": redis.url, "node_id": name,
+                               "durability": DURABILITY}
     for k, v in extra.items():
         sections[k] = {**sections.get(k, {}), **v}
     return rpad_config(work / f"{name}-state", **sections)
@@ -124,10 +128,11 @@ def reuse_port(quick: bool, work: Path, redis: RedisProcess) -> dict[str, Any]:
     return out
 
 
-def cross_node_latency(quick: bool, work: Path, redis: RedisProcess) -> dict[str, Any]:
+def cross_node_latency(quick: bool, work: Path, redis: RedisProcess,
+                       rate: float = 300.0) -> dict[str, Any]:
     runs = 1 if quick else 3
     seconds = 3.0 if quick else 8.0
-    rate, subscribers = 300.0, 100
+    subscribers = 100
     ids = [f"x-{i:05d}" for i in range(int(rate * seconds))]
     ws = {"websocket": {"max_connections_per_user": 100_000}}
     rs: list[dict[str, Any]] = []
@@ -149,7 +154,7 @@ def cross_node_latency(quick: bool, work: Path, redis: RedisProcess) -> dict[str
                 time.sleep(1.1)
         finally:
             sender.close()
-    return {"runs": rs}
+    return {"runs": rs, "rate": rate}
 
 
 def failover(quick: bool, work: Path, redis: RedisProcess) -> list[float]:
@@ -229,6 +234,11 @@ def _health(rpad: Rpad) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--appendfsync", default="always", choices=("always", "everysec"),
+                        help="Redis's fsync policy (everysec: rpad runs with durability "
+                             "relaxed; to see what the per-write fsync costs)")
+    parser.add_argument("--rate", type=float, default=300.0,
+                        help="heartbeats per second of the cross-node latency row")
     parser.add_argument("--only", nargs="*",
                         choices=("ingest", "reuse_port", "latency", "failover", "memory"))
     args = parser.parse_args()
@@ -236,13 +246,15 @@ def main() -> None:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rpad-bench-cluster-") as tmp:
         work = Path(tmp)
-        with RedisProcess(work / "redis") as redis:
+        global DURABILITY
+        DURABILITY = "strict" if args.appendfsync == "always" else "relaxed"
+        with RedisProcess(work / "redis", appendfsync=args.appendfsync) as redis:
             if "ingest" in only:
                 results["ingest"] = ingest(args.quick, work, redis)
             if "reuse_port" in only:
                 results["reuse_port"] = reuse_port(args.quick, work, redis)
             if "latency" in only:
-                results["latency"] = cross_node_latency(args.quick, work, redis)
+                results["latency"] = cross_node_latency(args.quick, work, redis, args.rate)
             if "failover" in only:
                 results["failover"] = failover(args.quick, work, redis)
             if "memory" in only:
@@ -283,7 +295,8 @@ def table(res: dict[str, Any]) -> str:
         p99 = median([x["accepted_p99_ms"] for x in runs])
         got = sum(x["deliveries"] for x in runs)
         want = sum(x["expected"] for x in runs)
-        rows.append(f"| heartbeat on A → event at a subscriber on B, 300/s, 100 subscribers | "
+        rows.append(f"| heartbeat on A → event at a subscriber on B, "
+                    f"{res['latency']['rate']:.0f}/s, 100 subscribers | "
                     f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({got}/{want} delivered) | p99 < 30 ms |")
     if "failover" in res:
         f = res["failover"]
