@@ -46,7 +46,7 @@ import attrs
 import trio
 
 from .. import __version__
-from . import httpclient
+from . import control, httpclient
 from .backoff import Backoff
 
 log = logging.getLogger(__name__)
@@ -259,6 +259,8 @@ class Agent:
         self.sent = 0
         self.failures = 0
         self._was_failing = False
+        # Set at the first accepted heartbeat (rpad knows this client from then on).
+        self.accepted = trio.Event()
 
     def body(self, status: str) -> dict[str, Any]:
         o = self.opts
@@ -292,6 +294,7 @@ class Agent:
             return self._failed(f"rpad is unreachable: {exc}")
         if 200 <= resp.status < 300:
             self.sent += 1
+            self.accepted.set()
             self.backoff.reset()
             if self._was_failing:
                 log.info("heartbeats are accepted again")
@@ -350,10 +353,16 @@ class Agent:
         return False
 
 
-async def run_agent(agent: Agent, stop: trio.Event) -> int:
-    """Run until ``stop`` is set, then send the offline heartbeat. Returns the exit code."""
+async def run_agent(agent: Agent, stop: trio.Event,
+                    channel: control.ControlChannel | None = None) -> int:
+    """Run until ``stop`` is set, then send the offline heartbeat. Returns the exit code.
+
+    With a control channel, it opens after the first accepted heartbeat; at ``stop`` it closes
+    first (its running commands are killed), then the last heartbeat goes out."""
     refused: AgentRefused | None = None
     async with trio.open_nursery() as nursery:
+        if channel is not None:
+            nursery.start_soon(channel.run, agent.accepted)
 
         async def beat() -> None:
             nonlocal refused
@@ -414,6 +423,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--status", default="online",
                    help="reported status: online, busy, idle, error, ... (default online)")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    control.add_arguments(p)
     p.set_defaults(func=cmd_agent)
 
 
@@ -429,13 +439,15 @@ def cmd_agent(args: argparse.Namespace) -> int:
             raise ValueError("--client-id must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
         if not args.interval >= MIN_INTERVAL_SECONDS:
             raise ValueError(f"--interval must be at least {MIN_INTERVAL_SECONDS} s")
+        version = args.agent_version or f"rpad-agent {__version__}"
+        channel = control.from_args(args, token=token, agent_version=version, http_url=args.url)
     except ValueError as exc:
         print(f"rpad agent: {exc}", file=sys.stderr)
         return 2
     opts = AgentOptions(
         url=args.url, client_id=args.client_id, token=token, interval_seconds=args.interval,
         name=args.name or socket.gethostname(),
-        version=args.agent_version or f"rpad-agent {__version__}",
+        version=version,
         status=args.status, os_type=f"{platform.system()} {platform.release()}",
     )
     agent = Agent(opts)
@@ -454,7 +466,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
             nursery.start_soon(on_signals)
             log.info("heartbeating as %s to %s every %g s", opts.client_id, opts.url,
                      opts.interval_seconds)
-            code = await run_agent(agent, stop)
+            if channel is not None:
+                pol = channel.runner.policy
+                log.info("control channel: commands %s%s", "allowed" if pol.enabled else
+                         "refused (disabled on this host)",
+                         f" as {pol.run_as.name}" if pol.enabled and pol.run_as else "")
+            code = await run_agent(agent, stop, channel)
             nursery.cancel_scope.cancel()
         return code
 
