@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from .config import Config
 from .core.errors import AuthError
+from .core.exec_access import exec_claim_problem
 from .core.principal import ROLES, Principal
 
 SECRET_BYTES = 32
@@ -183,9 +184,16 @@ class Authenticator:
     # -- minting -------------------------------------------------------------------------------
 
     def mint(self, *, role: str, sub: str, ttl_seconds: float | None, topics: Sequence[str] = (),
-             publish: Sequence[str] = (), gen: int | None = None) -> str:
+             publish: Sequence[str] = (), gen: int | None = None,
+             exec_: Sequence[str] = ()) -> str:
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}")
+        if exec_ and role != "operator":
+            raise ValueError("an exec claim is for operator tokens (admins reach every client, "
+                             "other roles none)")
+        problem = exec_claim_problem(list(exec_)) if exec_ else None
+        if problem:
+            raise ValueError(problem)
         now = int(self.clock())
         claims: dict[str, Any] = {"sub": sub, "role": role, "iat": now}
         if ttl_seconds is not None:
@@ -194,6 +202,8 @@ class Authenticator:
             claims["topics"] = list(topics)
         if publish:
             claims["publish"] = list(publish)
+        if exec_:
+            claims["exec"] = list(exec_)
         if role == "agent":
             claims["gen"] = self.token_generation(sub) if gen is None else gen
         if self.issuer:
@@ -299,7 +309,15 @@ class Authenticator:
         gen = claims.get("gen", 0)
         if isinstance(gen, bool) or not isinstance(gen, int):
             raise AuthError(401, "the token's gen claim must be an integer")
-        return Principal(sub, role, topics, publish, float(exp) if exp is not None else None, gen)
+        exec_claim = claims.get("exec")
+        if exec_claim is not None:
+            problem = exec_claim_problem(exec_claim)
+            if problem:
+                raise AuthError(401, f"the token's {problem.removeprefix('the ')}")
+        # Only operators' exec claims mean anything; others' are dropped, never honoured.
+        exec_globs = tuple(exec_claim) if role == "operator" and exec_claim else ()
+        return Principal(sub, role, topics, publish, float(exp) if exp is not None else None, gen,
+                         exec_globs)
 
 
 def _glob_list(value: Any, name: str) -> tuple[str, ...]:

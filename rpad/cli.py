@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from . import __version__, logs
 from . import config as config_mod
 from .config import Config, ConfigError
+from .core.principal import ROLES
 
 log = logging.getLogger("rpad")
 
@@ -147,8 +148,14 @@ def cmd_token(args: argparse.Namespace) -> int:
         gen = _stored_generation(cfg, args.sub)
     auth = Authenticator(keys, issuer=cfg.auth.issuer, audience=cfg.auth.audience,
                          clock=time.time)
-    print(auth.mint(role=args.role, sub=args.sub, ttl_seconds=ttl, topics=args.topics or (),
-                    publish=args.publish or (), gen=gen))
+    try:
+        token = auth.mint(role=args.role, sub=args.sub, ttl_seconds=ttl,
+                          topics=args.topics or (), publish=args.publish or (), gen=gen,
+                          exec_=args.exec or ())
+    except ValueError as exc:
+        print(f"rpad token: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(token)
     return EXIT_OK
 
 
@@ -210,11 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("token", help="print a signed token")
-    p.add_argument("--role", required=True, choices=("agent", "viewer", "service", "admin"))
+    p.add_argument("--role", required=True, choices=ROLES)
     p.add_argument("--sub", required=True, metavar="ID", help="user id, or the client id for agents")
     p.add_argument("--ttl", default="30d", help="lifetime: 90s, 15m, 1h, 30d or never (default 30d)")
     p.add_argument("--topics", nargs="*", metavar="GLOB", help="extra topics it may subscribe to")
     p.add_argument("--publish", nargs="*", metavar="GLOB", help="topics it may publish to")
+    p.add_argument("--exec", nargs="*", metavar="GLOB",
+                   help="operator tokens: the clients it may run commands on (client-id globs, "
+                        "tag:GLOB for a client's tags)")
     p.add_argument("--gen", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--secret-file", metavar="PATH",
                    help="sign with this HS256 secret instead of the configured one (for example "

@@ -250,15 +250,19 @@ def test_malformed(token: str, message: str) -> None:
 
 @pytest.mark.parametrize(("claims", "message"), [
     ({"role": "admin"}, "the token lacks the 'sub' claim"),
-    ({"sub": "u"}, "the token's role claim must be one of agent, viewer, service, admin"),
+    ({"sub": "u"}, "the token's role claim must be one of agent, viewer, operator, service, admin"),
     ({"sub": "u", "role": "root"},
-     "the token's role claim must be one of agent, viewer, service, admin"),
+     "the token's role claim must be one of agent, viewer, operator, service, admin"),
     ({"sub": "u" * 129, "role": "admin"},
      "the token's sub claim must be a string of 1 to 128 characters"),
     ({"sub": "u", "role": "viewer", "topics": "all"},
      "the token's topics claim must be a list of strings"),
     ({"sub": "u", "role": "agent", "gen": "1"}, "the token's gen claim must be an integer"),
     ({"sub": "u", "role": "viewer", "exp": "soon"}, "the token's exp claim must be a number"),
+    ({"sub": "u", "role": "operator", "exec": "rpa-*"},
+     "the token's exec claim must be a list of non-empty strings"),
+    ({"sub": "u", "role": "operator", "exec": ["tag:"]},
+     "the token's exec claim's entry tag: needs a tag glob after it"),
 ])
 def test_bad_claims(claims: dict[str, Any], message: str) -> None:
     token = jwt.encode(claims, SECRET, algorithm="HS256")
@@ -437,3 +441,16 @@ def test_bad_key_files_are_named_by_their_key(tmp_path: Path) -> None:
         f"auth.extra_public_key_files[0]: {p384} is not a usable PEM public key: "
         "an EC key must be on the P-256 curve (ES256), not secp384r1")
 
+
+def test_exec_claims_count_on_operator_tokens_only() -> None:
+    auth = make_auth()
+    op = auth.verify(auth.mint(role="operator", sub="op", ttl_seconds=60,
+                               exec_=["rpa-*", "tag:lab"]))
+    assert (op.role, op.exec) == ("operator", ("rpa-*", "tag:lab"))
+    assert op.at_least("viewer") and not op.at_least("service")
+    # A claim forged into another role's token is dropped, never honoured.
+    for role in ("viewer", "service", "admin", "agent"):
+        claims = {"sub": "x", "role": role, "exec": ["*"], "exp": 2**40}
+        assert auth.verify(jwt.encode(claims, SECRET, algorithm="HS256")).exec == ()
+    with pytest.raises(ValueError, match="operator tokens"):
+        auth.mint(role="viewer", sub="v", ttl_seconds=60, exec_=["*"])

@@ -14,8 +14,9 @@ import attrs
 
 from .errors import AuthError
 
-ROLES = ("agent", "viewer", "service", "admin")
-_RANK = {"agent": 0, "viewer": 1, "service": 2, "admin": 3}
+ROLES = ("agent", "viewer", "operator", "service", "admin")
+# An operator reads like a viewer; what it may run is its exec claim (core/exec_access.py).
+_RANK = {"agent": 0, "viewer": 1, "operator": 1, "service": 2, "admin": 3}
 
 
 @attrs.frozen(slots=True)
@@ -26,6 +27,8 @@ class Principal:
     publish: tuple[str, ...] = ()
     exp: float | None = None
     gen: int = 0
+    # Clients (id globs, tag:<glob>) an operator may run commands on (core/exec_access.py).
+    exec: tuple[str, ...] = ()
 
     def at_least(self, role: str) -> bool:
         return _RANK[self.role] >= _RANK[role]
