@@ -8,6 +8,8 @@
 
 import { RpadClient, backoffDelay, clearToken, saveToken, tokenFromPage } from "./rpad-client.js";
 import { Silences } from "./silences.js";
+import { Consoles, consoleState, mayExec } from "./console.js";
+import { TasksView } from "./tasks.js";
 
 const TOPICS = ["servers", "notifications"];
 const PAGE_SIZE = 50;
@@ -51,6 +53,7 @@ const state = {
   page: null,           // client ids of the page, in order (null: full-list mode)
   counts: null,         // {total, online, offline, unknown, matching} of the page's view
   searchTimer: null,
+  role: null,           // the token's role (CONNECTION_ESTABLISHED)
 };
 
 // -- the windowed subscription -------------------------------------------------------------------
@@ -198,7 +201,17 @@ function createRow(id) {
   r.id = el("span", "mono");
   r.tags = el("span", "client-tags");
   r.sub.append(r.id, r.tags);
-  tdClient.append(r.name, r.sub);
+  // The console (console.js): shown to tokens that may run commands.
+  r.console = el("button", "console-open", ">_");
+  r.console.type = "button";
+  r.console.addEventListener("click", (e) => {
+    e.stopPropagation();
+    const c = state.clients.get(id);
+    if (c) consoles.open(c);
+  });
+  const line = el("div", "client-line");
+  line.append(r.name, r.console);
+  tdClient.append(line, r.sub);
 
   const tdReported = cell("cell-reported", "Reported");
   r.reported = el("span", "reported");
@@ -246,6 +259,11 @@ function updateRow(r, c) {
   silences.decorate(r.pill.parentElement, c);
 
   setText(r.name, c.name || c.clientId);
+  const con = consoleState(c);
+  r.console.hidden = !mayExec(state.role);
+  setAttr(r.console, "data-state", con.state);
+  setAttr(r.console, "title", con.title);
+  setAttr(r.console, "aria-label", `Console on ${c.name || c.clientId}: ${con.title}`);
   setText(r.id, c.name ? c.clientId : c.osType || "");
   setAttr(r.id, "title", c.name ? c.clientId : null);
   const tags = (c.tags || []).slice(0, 3).join("\u0000");
@@ -318,6 +336,7 @@ function scheduleRender() {
 }
 
 function render() {
+  consoles.sync(state.clients);
   if (state.page !== null) {
     renderWindow();
     return;
@@ -573,6 +592,7 @@ function applyList(servers, { replace }) {
 }
 
 function onEvent(msg) {
+  if (consoles.onMessage(msg) || tasks.onMessage(msg)) return;
   const d = msg.data || {};
   switch (msg.type) {
     case "SERVER_WINDOW":
@@ -758,6 +778,10 @@ async function start(token) {
     if (client !== state.client) return;
     const d = e.detail;
     setText(ui.footInfo, `rpad ${version} · signed in as ${d.userId} (${d.role})`);
+    state.role = d.role;
+    consoles.onEstablished();
+    tasks.onEstablished(d);
+    scheduleRender();
     if (d.epochChanged) toast({ title: "rpad restarted", message: "The list has been refreshed from the new process.", level: "info" });
   });
   client.addEventListener("event", (e) => { if (client === state.client) onEvent(e.detail); });
@@ -847,6 +871,8 @@ function wireUi() {
   setInterval(tick, TICK_MS);
 }
 
+const consoles = new Consoles({ getClient: () => state.client, toast });
+const tasks = new TasksView({ getClient: () => state.client, toast, mayStart: mayExec });
 wireUi();
 render();
 const initialToken = tokenFromPage();
