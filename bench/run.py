@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import console
 import detect
 import fanout
 import fleet
@@ -35,7 +36,7 @@ import latency
 import memory
 from common import BENCH_DIR, RPAD_ROOT
 
-BENCHES = ("ingest", "fanout", "latency", "memory", "fleet", "detect")
+BENCHES = ("ingest", "fanout", "latency", "memory", "fleet", "detect", "console")
 
 
 def _machine() -> str:
@@ -198,6 +199,31 @@ def rows(r: dict[str, Any]) -> list[Row]:
             f"p99 {_f(d['dashboard_p99_ms'], 1)} ms", "–", "< 100 ms",
             _met(d["event_p99_ms"] < 100), "deadlines spread over 20 s; timeout 30 s, "
             "check_interval 30 s"))
+    if "console" in r:
+        c, w, t = r["console"]["console"], r["console"]["wide"], r["console"]["tasks"]
+        out.append((
+            f"8. Console: round trip of `true` through the hub ({c['commands']:,} commands, "
+            "one after another)",
+            f"p50 {_f(c['rtt_p50_ms'], 1)} ms, p99 {_f(c['rtt_p99_ms'], 1)} ms",
+            f"on the agent (sh -c true as its run-as user, the clean-up): p50 "
+            f"{_f(c['agent_p50_ms'], 1)} ms", "–", "–", "–",
+            "console → hub → audit (durable) → agent process → back"))
+        out.append((
+            f"8. Console: one command's output to one reader, {c['output_mib']} MiB of text",
+            f"{_f(c['mib_per_s'], 1)} MiB/s (window {c['window_bytes'] // 1024} KiB, acks every "
+            "50 ms: at most window / 50 ms)",
+            f"window {w['window_bytes'] // 2**20} MiB: {_f(w['mib_per_s'], 1)} MiB/s", "–", "–",
+            "–", f"rpad {_pct(c['rpad_cpu'])} / {_pct(w['rpad_cpu'])}, agent "
+            f"{_pct(c['agent_cpu'])} / {_pct(w['agent_cpu'])} of a core"))
+        all_at_once = t[f"c{t['agents']}"]
+        some = [v for k, v in t.items() if k.startswith("c") and v is not all_at_once][0]
+        out.append((
+            f"8. A task over {t['agents']} simulated agents (`true`), POST → final TASK_UPDATE",
+            f"all at once: {_f(all_at_once['seconds'] * 1000)} ms, rpad CPU "
+            f"{_f(all_at_once['rpad_cpu_s'] * 1000)} ms",
+            f"{some['concurrency']} at a time: {_f(some['seconds'] * 1000)} ms, rpad CPU "
+            f"{_f(some['rpad_cpu_s'] * 1000)} ms", "–", "–", "–",
+            "agents answer at once (bench/console_agents.py): rpad's side only"))
     return out
 
 
@@ -229,6 +255,7 @@ def _run_one(name: str, quick: bool, work: Path) -> Any:
         "fleet": lambda: fleet.run(quick, work),
         "detect": lambda: {**detect.run(10_000 if quick else 100_000, 1 if quick else 3, 20.0),
                            "clients": 10_000 if quick else 100_000},
+        "console": lambda: console.run(quick, work),
     }
     return runners[name]()
 

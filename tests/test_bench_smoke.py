@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 sys.path.insert(0, str(BENCH))
 
 import common
+import console
 import fanout
 import run as suite
 import wsload
@@ -122,3 +123,14 @@ def test_the_table_has_a_row_for_every_measure() -> None:
                     "9. Time to detect"):
         assert measure in text, measure
     assert len(text.splitlines()) == 2 + 2 + 4 + 2 + 1 + 3 + 1 + 1 + 1
+
+
+def test_the_console_benchmark_counts_its_commands_and_its_task(tmp_path: Path) -> None:
+    out = console.run(True, tmp_path, smoke=True)
+    c = out["console"]
+    assert c["commands"] == 3 and c["rtt_p50_ms"] > 0 and c["mib_per_s"] > 0
+    t = out["tasks"]
+    assert t["agents"] == 5 and {"c5", "c1"} <= set(t)
+    assert all(t[k]["seconds"] > 0 for k in ("c5", "c1"))
+    assert any("8. Console: round trip" in row[0] for row in suite.rows(
+        {"console": {**out, "wide": c}}))
