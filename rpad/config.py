@@ -219,6 +219,35 @@ class ClusterConfig:
 
 
 @attrs.frozen
+class ConsoleConfig:
+    # Agents' control channels, the console (terminal.*) and batch tasks. Whether a host runs
+    # commands at all is decided on the host: rpad agent --allow-commands.
+    enabled: bool = True
+    max_sessions_per_user: int = 4
+    # A session that ran nothing for this long is closed.
+    idle_timeout_seconds: float = 900.0
+    # A session whose user has had no connection to this node for this long is closed.
+    detach_grace_seconds: float = 60.0
+    # Commands kept per session for terminal.history (with the tail of their output).
+    history_size: int = 50
+    # A command's time limit when none is asked for, and the most that may be asked (the
+    # agent's own maximum applies too).
+    command_timeout_seconds: float = 60.0
+    max_command_timeout_seconds: float = 3600.0
+    # Output of one command (stdout and stderr together); more is cut (truncated: true).
+    max_output_bytes: int = 1024 * 1024
+    # Output in flight per command between the agent and its reader (credit).
+    window_bytes: int = 256 * 1024
+    task_default_concurrency: int = 10
+    task_max_concurrency: int = 100
+    max_running_tasks_per_user: int = 4
+    # The tail of each client's output kept in a task's results.
+    task_output_tail_bytes: int = 4096
+    # Audit records and ended tasks are kept this long.
+    retention_days: float = 365.0
+
+
+@attrs.frozen
 class Config:
     state_dir: str = DEFAULT_STATE_DIR
     http: HttpConfig = attrs.Factory(HttpConfig)
@@ -232,6 +261,7 @@ class Config:
     metrics: MetricsConfig = attrs.Factory(MetricsConfig)
     logging: LoggingConfig = attrs.Factory(LoggingConfig)
     cluster: ClusterConfig = attrs.Factory(ClusterConfig)
+    console: ConsoleConfig = attrs.Factory(ConsoleConfig)
 
     @property
     def state_path(self) -> Path:
@@ -301,6 +331,7 @@ def _make_converter() -> cattrs.Converter:
     conv.register_structure_hook_factory(_is_list_type, _list_hook)
     sections = (Config, HttpConfig, WebSocketConfig, PresenceConfig, PushConfig, HistoryConfig,
                 AuthConfig, StorageConfig, MetricsConfig, LoggingConfig, ClusterConfig,
+                ConsoleConfig,
                 *ALERT_SECTIONS)
     # A factory, so that a section's hook exists before the hook of the table holding it.
     conv.register_structure_hook_factory(lambda t: t in sections, lambda t: _table(t, conv))
@@ -520,6 +551,20 @@ def validate(cfg: Config) -> None:
         which = "http.reuse_port" if cfg.http.reuse_port else "websocket.reuse_port"
         p.append(f"{which}: processes sharing a port must share their state: it needs "
                  'cluster.backend = "redis"')
+    co = cfg.console
+    for key in ("max_sessions_per_user", "idle_timeout_seconds", "detach_grace_seconds",
+                "history_size", "command_timeout_seconds", "max_command_timeout_seconds",
+                "max_output_bytes", "task_default_concurrency", "task_max_concurrency",
+                "max_running_tasks_per_user", "retention_days"):
+        positive(f"console.{key}", getattr(co, key))
+    if co.window_bytes < 1024:
+        p.append(f"console.window_bytes: must be at least 1024, got {co.window_bytes}")
+    if co.task_output_tail_bytes < 0:
+        p.append("console.task_output_tail_bytes: must not be negative")
+    if co.command_timeout_seconds > co.max_command_timeout_seconds > 0:
+        p.append("console.command_timeout_seconds: must not be longer than "
+                 f"console.max_command_timeout_seconds ({co.command_timeout_seconds} > "
+                 f"{co.max_command_timeout_seconds})")
     if p:
         raise ConfigError(p)
 

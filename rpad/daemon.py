@@ -40,13 +40,16 @@ from .backend.local.broker import LocalBroker
 from .backend.local.failures import LocalFailureCounter
 from .backend.local.history import LocalHistory
 from .backend.local.presence import LocalPresence
+from .backend.local.records import LocalAuditLog, LocalTaskStore
 from .backend.local.store import Store
 from .backend.redis.cluster import RedisCluster
 from .backend.redis.failures import RedisFailureCounter
 from .config import Config, ConfigError, HttpConfig
 from .core.registry import Registry
 from .httpserve import BodyLimits, RequestGuard, hypercorn_config, serve_http
+from .hub.agent_link import AgentLinks
 from .hub.codes import HubCounters
+from .hub.console_actions import console_actions
 from .hub.fanout import Fanout
 from .hub.server import Hub
 from .hub.windows import WindowPusher
@@ -54,10 +57,13 @@ from .listen import reuse_port_socket
 from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
 from .service.client_history import ClientHistory
+from .service.commands import Commands
+from .service.console import Console
 from .service.feeds import Feeds
 from .service.gate import Gate
 from .service.periodic import ServerListPusher, StatsPusher, Sweeper
 from .service.presence import Presence
+from .service.tasks import Tasks
 from .systemd import Notifier, run_watchdog
 
 log = logging.getLogger(__name__)
@@ -119,6 +125,9 @@ class Daemon:
         self.history: LocalHistory | None = None
         self.windows: WindowPusher
         self.sweeper: Sweeper
+        self.agents: AgentLinks
+        self.console: Console
+        self.tasks: Tasks
 
     def stop(self) -> None:
         """Begin the graceful shutdown."""
@@ -210,7 +219,16 @@ class Daemon:
         cluster.nodes.answer = hub.admin.answer
         cluster.presence.on_lease = self.sweeper.poke  # the new holder sweeps who is due
         cluster.tell_dashboards(hub.fanout, self.feeds.notification)
-        await self._serve(cluster.run, task_status)
+
+        async def run_backend(task_status: trio.TaskStatus[None]) -> None:
+            # The node's SQLite store still keeps what is per node (the alerts' state, the
+            # console's audit log and tasks): its committer runs beside the cluster's parts.
+            async with trio.open_nursery() as nursery:
+                await nursery.start(store.run_committer)
+                await nursery.start(cluster.run)
+                task_status.started()
+
+        await self._serve(run_backend, task_status)
 
     def _build(self, keys: Keys, store: Store, backend: PresenceBackend, registry: Registry,
                make_broker: Callable[[Fanout], Broker], *,
@@ -237,11 +255,28 @@ class Daemon:
         self.sweeper = Sweeper(self.presence, lambda: self.config.presence.check_interval_seconds,
                                wall_clock=self.wall_clock)
         self.presence.on_deadline_change = self.sweeper.poke
+        # The console: agents' control channels, terminal.* actions, batch tasks, the audit log.
+        audit = LocalAuditLog(store)
+        agents = self.agents = AgentLinks(
+            config=cfg.websocket, counters=counters, wall_clock=self.wall_clock,
+            set_capabilities=backend.set_capabilities,
+            token_generation=backend.token_generation,
+            enabled=lambda: self.config.console.enabled)
+        commands = agents.commands = Commands(
+            agents, wall_clock=self.wall_clock,
+            window_bytes=lambda: self.config.console.window_bytes)
+        self.console = Console(commands, self.broker, registry, audit,
+                               lambda: self.config.console, wall_clock=self.wall_clock,
+                               user_connected=lambda user: fanout.user_connections(user) > 0)
+        self.tasks = Tasks(commands, self.broker, registry, LocalTaskStore(store), audit,
+                           lambda: self.config.console, wall_clock=self.wall_clock)
         hub = self.hub = Hub(cfg.websocket, gate=gate, broker=self.broker, fanout=fanout,
                              counters=counters, wall_clock=self.wall_clock,
                              trusted_proxies=frozenset(cfg.http.trusted_proxies),
-                             actions={"subscribe": self.windows.on_subscribe},
-                             cluster=cluster.nodes if cluster is not None else None)
+                             actions={"subscribe": self.windows.on_subscribe,
+                                      **console_actions(self.console)},
+                             cluster=cluster.nodes if cluster is not None else None,
+                             agents=agents)
         self.ws_gate = hub.listener_gate
         # The state topics exist before the hub accepts anyone.
         self.server_list = ServerListPusher(fanout, backend.view,
@@ -263,7 +298,8 @@ class Daemon:
                               started_at=time.monotonic(), extra_health=extra_health,
                               history=(ClientHistory(backend, self.history,
                                                      wall_clock=self.wall_clock)
-                                       if self.history is not None else None))
+                                       if self.history is not None else None),
+                              tasks=self.tasks, audit=audit, agents=agents.views)
         self.app = create_app(self.api, hub=hub, metrics=self.metrics,
                                ws_url=lambda: self.ws_url)
 
@@ -280,6 +316,15 @@ class Daemon:
             await nursery.start(run_backend)  # the view is loaded once it has started
             view = presence.view
             await alerts.load(list(view), view.view)
+            # Batch tasks: stopped before the hub closes the agents' channels, so that a task
+            # running at shutdown is recorded as interrupted (not as failed on every client).
+            tasks_scope = trio.CancelScope()
+
+            async def run_tasks(task_status: trio.TaskStatus[None]) -> None:
+                with tasks_scope:
+                    await self.tasks.run(task_status=task_status)
+
+            await nursery.start(run_tasks)
             async with trio.open_nursery() as services:
                 http_done = trio.Event()
 
@@ -319,6 +364,7 @@ class Daemon:
                             await tasks.start(self.server_list.run)
                             await tasks.start(self.windows.run)
                             await tasks.start(self.stats_pusher.run)
+                            await tasks.start(self.console.run)
 
                 services.start_soon(run_periodic)
                 await services.start(alerts.run)
@@ -340,6 +386,7 @@ class Daemon:
                 # stop, the hub stops accepting and closes its connections with 1001 (with a
                 # deadline), hypercorn's drain ends, and the store's final commit follows.
                 periodic.cancel()
+                tasks_scope.cancel()
                 await hub.aclose()
                 await http_done.wait()
                 # Alert deliveries in flight finish (briefly) so that their outcome is
@@ -417,6 +464,7 @@ class Daemon:
             self.alerts.reconfigure(new.alerts)
         if self.hub is not None:
             self.hub.reconfigure(new.websocket, frozenset(new.http.trusted_proxies))
+            self.agents.config = new.websocket
         # Caps apply to the next connection, timeouts to the next deadline.
         self.http_gate.limits = http_limits(new.http)
         self.http_gate.trusted_proxies = frozenset(new.http.trusted_proxies)

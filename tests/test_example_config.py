@@ -37,6 +37,7 @@ def test_example_documents_every_key() -> None:
         ("alerts.webhooks", config.WebhookConfig), ("alerts.email", config.EmailConfig),
         ("metrics", config.MetricsConfig), ("logging", config.LoggingConfig),
         ("cluster", config.ClusterConfig),
+        ("console", config.ConsoleConfig),
     ]:
         for f in attrs.fields(cls):
             if section_name == "" and f.name != "state_dir":

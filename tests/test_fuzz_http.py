@@ -51,12 +51,14 @@ MAX_BODY_BYTES = 4096
 DOCUMENTED: dict[int, set[str]] = {
     400: {"invalid_json", "bad_request"},
     401: {"unauthorized", "token_expired", "token_revoked"},
-    403: {"forbidden"},
+    403: {"forbidden", "console_disabled"},
     404: {"unknown_client", "not_found", "not_connected"},
+    409: {"not_running"},
     405: {"method_not_allowed"},
     413: {"body_too_large"},
     422: {"validation_failed"},
-    429: {"rate_limited", "too_many_auth_failures"},
+    429: {"rate_limited", "too_many_auth_failures", "too_many_tasks"},
+    503: {"storage_unavailable", "not_ready"},
 }
 
 
@@ -250,6 +252,14 @@ management = st.one_of(
             "stray": json_values})),
     st.tuples(st.just("/api/v1/websocket/users/disconnect"), st.fixed_dictionaries(
         {"userId": user_ids}, optional={"reason": texts, "stray": json_values})),
+    st.tuples(st.just("/api/v1/tasks"), st.fixed_dictionaries(
+        {"command": mostly(st.sampled_from(["true", "uptime", "echo 'x; y'"]), texts)},
+        optional={"clientIds": mostly(st.lists(valid_ids, min_size=1, max_size=3),
+                                      json_values),
+                  "tag": mostly(st.sampled_from(["lab", "none"]), texts),
+                  "concurrency": mostly(st.integers(1, 10), json_values),
+                  "timeoutSeconds": mostly(st.floats(1, 60), json_values),
+                  "stray": json_values})),
     st.tuples(valid_ids.map(lambda cid: f"/api/v1/clients/{cid}/tokens"), st.fixed_dictionaries(
         {}, optional={"ttl": mostly(st.sampled_from(["1h", "30d", "never", "90s"]),
                                     st.text(max_size=20) | json_values)})),
@@ -357,13 +367,16 @@ ROUTES = [
     ("GET", "/api/v1/dashboard-config"), ("PUT", "/api/v1/clients"),
     ("PATCH", "/api/v1/client/heartbeat"), ("GET", "/api/v1/client/heartbeat"),
     ("GET", "/api/v1/{id}"), ("POST", "/{id}"),
+    ("GET", "/api/v1/tasks"), ("GET", "/api/v1/tasks/{id}"), ("POST", "/api/v1/tasks/{id}/cancel"),
+    ("GET", "/api/v1/audit"), ("GET", "/api/v1/agents"), ("DELETE", "/api/v1/tasks/{id}"),
 ]
 
 
 @FUZZ_SETTINGS
 @given(route=st.sampled_from(ROUTES), cid=st.one_of(st.text(max_size=40),
                                                    st.from_regex(r"[a-z0-9.-]{1,200}", fullmatch=True)),
-       query=st.dictionaries(st.sampled_from(["status", "q", "tag", "limit", "offset", "x"]),
+       query=st.dictionaries(st.sampled_from(["status", "q", "tag", "limit", "offset", "x",
+                                              "since", "until", "kind", "clientId"]),
                              st.text(max_size=30), max_size=4),
        credential=credentials, raw_body=st.one_of(st.none(), st.binary(max_size=200)))
 def test_paths_queries_and_methods(served: Served, http: httpx.Client, route: tuple[str, str],

@@ -40,7 +40,14 @@ KNOWN_TYPES = {"CONNECTION_ESTABLISHED", "SUBSCRIBED", "UNSUBSCRIBED", "PONG", "
                "TOKEN_REFRESHED", "PUBLISHED", "SERVER_LIST", "STATS_UPDATE", "NOTIFICATION",
                "SYSTEM_MESSAGE", "CLIENT_CONNECTED", "CLIENT_DISCONNECTED",
                "CLIENT_STATUS_UPDATE", "CLIENT_REMOVED", "HEARTBEAT_RECEIVED", "TASK_UPDATE",
-               "FUZZ"}
+               "FUZZ", "TERMINAL_CONNECTED", "TERMINAL_ERROR", "TERMINAL_SESSIONS",
+               "TERMINAL_CLOSED", "COMMAND_HISTORY", "COMMAND_START", "COMMAND_OUTPUT",
+               "COMMAND_DONE"}
+# TERMINAL_ERROR's codes (docs/PROTOCOL.md §7).
+CONSOLE_CODES = {"forbidden", "session_not_found", "unknown_client", "too_many_sessions",
+                 "agent_not_connected", "commands_disabled", "not_allowed", "invalid_command",
+                 "busy", "not_running", "agent_disconnected", "storage_unavailable",
+                 "console_disabled", "invalid_field"}
 ERROR_CODES = {"invalid_json", "invalid_message", "unknown_action", "invalid_topic",
                "invalid_field", "forbidden", "too_many_subscriptions", "already_authenticated",
                "invalid_token", "unauthorized", "not_allowed", "rate_limited"}
@@ -56,7 +63,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
 topics = mostly(st.sampled_from(["client_status", "heartbeat", "servers", "notifications",
                                  "system", "stats", "task.1", "task.77", "other.topic"]),
                 st.text(max_size=150) | json_values)
-actions = mostly(st.sampled_from(["subscribe", "unsubscribe", "ping", "refresh", "publish", "auth"]),
+actions = mostly(st.sampled_from(["subscribe", "unsubscribe", "ping", "refresh", "publish", "auth",
+                                  "terminal.open", "terminal.command", "terminal.ack",
+                                  "terminal.cancel", "terminal.history", "terminal.attach",
+                                  "terminal.list", "terminal.close"]),
                  st.text(max_size=20) | json_values)
 
 
@@ -66,6 +76,12 @@ def action_objects(tokens: list[str]) -> st.SearchStrategy[dict[str, Any]]:
         "token": mostly(st.sampled_from(tokens), st.text(max_size=50) | json_values),
         "type": mostly(st.sampled_from(["FUZZ", "TASK_UPDATE"]), st.text(max_size=80) | json_values),
         "data": json_values,
+        "clientId": mostly(st.sampled_from(["c1", "nobody"]), json_values),
+        "sessionId": mostly(st.sampled_from(["forged", ""]), json_values),
+        "command": mostly(st.just("true"), json_values),
+        "commandId": json_values,
+        "shownBytes": json_values,
+        "ref": json_values,
     })
 
 
@@ -115,6 +131,9 @@ def _check_messages(got: list[dict[str, Any]]) -> None:
         assert set(msg) == {"type", "topic", "seq", "ts", "data"}, msg
         assert msg["type"] in KNOWN_TYPES, msg
         event(f"got {msg['type']}")
+        if msg["type"] == "TERMINAL_ERROR":
+            assert msg["data"]["code"] in CONSOLE_CODES, msg
+            assert isinstance(msg["data"]["message"], str) and msg["data"]["message"]
         if msg["type"] == "ERROR":
             assert msg["data"]["code"] in ERROR_CODES, msg
             assert isinstance(msg["data"]["message"], str) and msg["data"]["message"]

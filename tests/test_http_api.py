@@ -129,6 +129,7 @@ async def test_the_seed_payload_works_unchanged(boot: Boot) -> None:
             "onlineSince": body["serverTime"], "offlineSince": None,
             "registeredAt": body["serverTime"], "clockSkewSeconds": body["clockSkewSeconds"],
             "heartbeatTimeoutSeconds": 60.0, "intervalSeconds": None, "latestMetrics": None,
+            "capabilities": None,
         }
         r = await rpad.request("GET", "/api/v1/client/heartbeat/status/1", role="agent", sub="1")
         assert r.status_code == 200 and r.json() == view

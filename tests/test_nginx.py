@@ -15,6 +15,7 @@ import os
 import socket
 import ssl
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from trio_websocket import WebSocketConnection, wrap_client_stream
 from rpad import config as config_mod
 
 from .conftest import config_dict, start_daemon, tool_fixture
+from .console_helpers import RUN_AS, commands_on, open_session, run, text, wait_view
 from .wsclient import Ws
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,6 +229,30 @@ async def test_api_dashboard_and_hub_through_nginx_on_one_origin(
             health = await https.get("/api/v1/health")
             assert health.json()["status"] == "ok"
 
+            # An agent behind the proxy (TLS): its control channel goes through nginx too,
+            # found from --url alone, and the console reaches it.
+            token_file = tmp_path / "edge-1.token"
+            token_file.write_text(d.token("agent", "edge-1", ttl=None))
+            agent = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "rpad.client", "agent", "--url", origin,
+                 "--client-id", "edge-1", "--token-file", str(token_file), "--interval", "2",
+                 "--allow-commands", *RUN_AS],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                env={**os.environ, "SSL_CERT_FILE": str(cert)})
+            try:
+                view = await wait_view(d, "edge-1", commands_on)
+                assert view["capabilities"]["commands"] is True
+                admin = d.token("admin", "root")
+                async with wss_connect(f"{dash['wsUrl']}?token={admin}", ctx, origin) as ws:
+                    sid = (await open_session(ws, "edge-1"))["sessionId"]
+                    _, chunks, done = await run(ws, sid, "echo through nginx")
+                    assert text(chunks) == "through nginx\n" and done["status"] == "success"
+                r = await d.request("GET", "/api/v1/agents")
+                assert [a["clientId"] for a in r.json()["agents"]] == ["edge-1"]
+            finally:
+                agent.kill()
+                await agent.wait()
+
             # Plain HTTP is redirected to HTTPS.
             async with httpx.AsyncClient(timeout=10) as plain:
                 r = await plain.get(f"http://127.0.0.1:{plain_port}/api/v1/health")
@@ -235,6 +261,7 @@ async def test_api_dashboard_and_hub_through_nginx_on_one_origin(
 
         access_log = (tmp_path / "access.log").read_text()
         assert '"GET /ws HTTP/1.1" 101' in access_log
+        assert '"GET /api/v1/agent/ws HTTP/1.1" 101' in access_log
         assert viewer not in access_log and "token=" not in access_log
         await d.http.aclose()
         d.daemon.stop()

@@ -346,9 +346,14 @@ def test_view_shape_and_revision() -> None:
         "onlineSince": "2026-01-01T00:00:00.123Z", "offlineSince": None,
         "registeredAt": "2026-01-01T00:00:00.123Z", "clockSkewSeconds": -1.623,
         "heartbeatTimeoutSeconds": TIMEOUT, "intervalSeconds": None,
-        "latestMetrics": {"load1": 0.5},
+        "latestMetrics": {"load1": 0.5}, "capabilities": None,
     }
     assert reg.views() == [reg.view(out.client)]
+    # What an agent's control channel advertises shows in the view (and is a change).
+    assert reg.set_capabilities("a", {"commands": True})
+    assert reg.view(out.client)["capabilities"] == {"commands": True}
+    assert reg.revision == rev0 + 2
+    assert not reg.set_capabilities("nobody", None)
 
 
 def test_transitions_say_which_status_they_left() -> None:

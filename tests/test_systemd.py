@@ -401,3 +401,37 @@ def test_agent_unit_runs_the_agent_cli_as_documented() -> None:
     assert (args.url, args.client_id, args.interval) == ("http://rpad.example:8000", "host-1", 30.0)
     assert args.token_file == "/run/credentials/x/agent.token"
     assert args.token is None
+
+
+def test_agent_commands_drop_in(tmp_path: Path) -> None:
+    """systemd/rpad-agent-commands.conf on top of the agent's unit: valid for systemd, a command
+    line the agent accepts (commands from its --config file, never argv), and only the
+    capabilities the runner needs."""
+    tool = need_tool("systemd-analyze")
+    base = (REPO / "systemd" / "rpad-agent.service").read_text()
+    drop_in = (REPO / "systemd" / "rpad-agent-commands.conf").read_text()
+    rpad_bin = Path(sys.executable).parent / "rpad"
+    # A drop-in's settings apply after the unit's: appended to one file, the same for verify.
+    merged = (base + "\n" + drop_in).replace(
+        "/usr/local/bin/rpad ", f"{rpad_bin} ")
+    unit = tmp_path / "rpad-agent.service"
+    unit.write_text(merged)
+    res = subprocess.run([tool, "verify", str(unit)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert res.returncode == 0 and res.stderr.strip() == "", res.stdout + res.stderr
+    res = subprocess.run([tool, "security", "--offline=true", "--no-pager", str(unit)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", res.stdout)
+    assert m, res.stdout + res.stderr
+    print(f"rpad-agent.service with commands: systemd-analyze security exposure {m.group(1)}")
+    settings = dict(re.findall(r"^(\w+)=(.+)$", drop_in, re.MULTILINE))
+    assert set(settings["CapabilityBoundingSet"].split()) == {
+        "CAP_SETUID", "CAP_SETGID", "CAP_KILL", "CAP_SYS_PTRACE"}
+    from rpad.cli import build_parser
+
+    env = {"RPAD_URL": "http://rpad.example:8000", "RPAD_CLIENT_ID": "host-1",
+           "RPAD_INTERVAL": "30"}
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], a)
+            .replace("%d", "/run/credentials/x") for a in settings["ExecStart"].split()[1:]]
+    args = build_parser().parse_args(argv)
+    assert args.config == "/etc/rpad/agent.toml" and not args.allow_commands

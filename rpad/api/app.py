@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException
 
 from ..core.times import iso
 from ..hub.server import Hub
-from . import alerts, clients, contract, dashboard, history, hub_routes
+from . import alerts, clients, console, contract, dashboard, history, hub_routes
 from . import metrics as metrics_mod
 from .context import ApiContext
 from .errors import INTERNAL_ERROR_MESSAGE, error_body, error_response, json_response, translate
@@ -88,6 +88,8 @@ def create_app(ctx: ApiContext, *, hub: Hub, metrics: metrics_mod.Metrics,
     if ctx.history is not None:
         history.add_routes(app, ctx, ctx.history)
     alerts.add_routes(app, ctx)
+    if ctx.tasks is not None and ctx.audit is not None and ctx.agents is not None:
+        console.add_routes(app, ctx, ctx.tasks, ctx.audit, ctx.agents)
     hub_routes.add_routes(app, ctx, hub)
     metrics_mod.add_route(app, ctx, metrics)
     dashboard.add_routes(app, lambda: ctx.config, ws_url)

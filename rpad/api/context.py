@@ -8,12 +8,14 @@ from typing import Any
 import attrs
 
 from ..auth import Authenticator
+from ..backend.base import AuditLog
 from ..config import Config
 from ..service.alerts import Alerts
 from ..service.client_history import ClientHistory
 from ..service.feeds import Feeds
 from ..service.gate import Gate
 from ..service.presence import Presence
+from ..service.tasks import Tasks
 
 
 @attrs.define
@@ -32,3 +34,8 @@ class ApiContext:
     extra_health: Callable[[], dict[str, Any]] = dict
     # Metrics history and availability (None: not served).
     history: ClientHistory | None = None
+    # The console's: batch tasks (TASK_UPDATEs published to task.<id> are reported to it), the
+    # audit log, the agents' control channels. None: no console routes.
+    tasks: Tasks | None = None
+    audit: AuditLog | None = None
+    agents: Callable[[], list[dict[str, Any]]] | None = None

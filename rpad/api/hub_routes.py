@@ -22,6 +22,7 @@ from ..core.access import may_notify, may_publish_from_api
 from ..core.errors import ValidationFailed
 from ..core.jsonenc import dumps
 from ..core.principal import Principal, require_role
+from ..core.tasks import TASK_TOPIC_PREFIX, TASK_UPDATE, read_published_update
 from ..core.topics import (
     NOTIFICATION_LEVELS,
     RPAD_ONLY_TOPICS,
@@ -131,7 +132,17 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         assert topic is not None and type_ is not None
         if not may_publish_from_api(who, topic):
             raise forbidden_topic(topic)
+        if (topic.startswith(TASK_TOPIC_PREFIX) and ctx.tasks is not None
+                and ctx.tasks.owns(topic[len(TASK_TOPIC_PREFIX):])):
+            raise ApiError(403, "forbidden", f"{topic} is one of rpad's own running tasks: only "
+                           "rpad publishes its updates")
         seq, delivered = await feeds.publish(topic, type_, data)
+        if type_ == TASK_UPDATE and topic.startswith(TASK_TOPIC_PREFIX) and ctx.tasks is not None:
+            # In the documented shape, it is listed with rpad's own tasks (GET /api/v1/tasks,
+            # the dashboard's Tasks view); any other data is published as it always was.
+            update, _ = read_published_update(topic, data)
+            if update is not None:
+                ctx.tasks.record_published(update, who)
         return json_response({"topic": topic, "type": type_, "seq": seq, "delivered": delivered})
 
     # -- reading -------------------------------------------------------------------------------

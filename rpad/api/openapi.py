@@ -33,6 +33,7 @@ import attrs
 from quart import Quart
 
 from .. import __version__
+from . import console_schemas
 from . import schemas as S
 from .alert_schemas import alert_components
 
@@ -41,7 +42,9 @@ F = TypeVar("F", bound=Callable[..., Any])
 OPENAPI_PATH = "/api/v1/openapi.json"
 ATTRIBUTE = "__rpad_operation__"
 
-VIEWER_UP = ("viewer", "service", "admin")
+VIEWER_UP = ("viewer", "operator", "service", "admin")
+# The console and tasks: admins, and operators on the clients their exec claim covers.
+EXEC_ROLES = ("operator", "admin")
 SERVICE_UP = ("service", "admin")
 ADMIN = ("admin",)
 
@@ -49,13 +52,14 @@ ADMIN = ("admin",)
 ERROR_STATUS = {
     "invalid_json": 400, "bad_request": 400,
     "unauthorized": 401, "token_expired": 401, "token_revoked": 401,
-    "forbidden": 403,
+    "forbidden": 403, "console_disabled": 403,
     "not_found": 404, "unknown_client": 404, "not_connected": 404, "unknown_silence": 404,
     "unknown_override": 404,
+    "not_running": 409,
     "body_too_large": 413,
     "validation_failed": 422,
-    "rate_limited": 429, "too_many_auth_failures": 429,
-    "storage_unavailable": 503,
+    "rate_limited": 429, "too_many_auth_failures": 429, "too_many_tasks": 429,
+    "storage_unavailable": 503, "not_ready": 503,
     # Cluster mode: the shared backend (Redis) is unreachable from this node; nothing written.
     "backend_unavailable": 503,
 }
@@ -66,13 +70,15 @@ _ERROR_HEADERS = {
 }
 _STATUS_TEXT = {400: "Bad request", 401: "No token or a bad token",
                 403: "The token's role or subject may not do this", 404: "Not found",
-                413: "The body is too large", 422: "A bad field or parameter",
+                409: "Not in a state that allows this", 413: "The body is too large",
+                422: "A bad field or parameter",
                 429: "Too many requests", 503: "Unavailable for now"}
 
 # Path parameters by the name routes give them: (the document's name, schema).
 PATH_PARAMETERS: dict[str, tuple[str, S.Schema]] = {
     "client_id": ("clientId", S.CLIENT_ID),
     "user_id": ("userId", S.USER_ID),
+    "task_id": ("taskId", console_schemas.TASK_ID),
 }
 
 
@@ -264,6 +270,9 @@ TAGS = [
     {"name": "websocket", "description": "Publishing to the hub and managing its connections "
                                          "(the protocol itself: GET /api/v1/websocket/schema.json)."},
     {"name": "service", "description": "Health, metrics, the dashboard and these documents."},
+    {"name": "console", "description": "Batch commands on many clients, the audit log of who "
+                                       "ran what where, the agents' control channels (the "
+                                       "console itself is on the WebSocket: terminal.*)."},
 ]
 
 
@@ -294,7 +303,8 @@ def build_openapi(app: Quart) -> dict[str, Any]:
         "tags": TAGS,
         "paths": dict(sorted(paths.items())),
         "components": {
-            "schemas": {**S.components(), **alert_components()},
+            "schemas": {**S.components(), **alert_components(),
+                        **console_schemas.components()},
             "securitySchemes": {"bearer": {
                 "type": "http", "scheme": "bearer", "bearerFormat": "JWT",
                 "description": "A token from `rpad token --role ROLE --sub ID` (or an agent "

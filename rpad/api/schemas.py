@@ -90,7 +90,7 @@ USER_ID = string(128, minLength=1, pattern="^[^\\u0000-\\u001f]*$", examples=["d
 EPOCH = string(description="changes when rpad restarts", examples=["5207099cca006b34"])
 METADATA = {"type": "object", "description": f"any JSON object of at most {MAX_METADATA_BYTES} "
             "bytes as JSON"}
-ROLE = {"enum": ["agent", "viewer", "service", "admin"]}
+ROLE = {"enum": ["agent", "viewer", "operator", "service", "admin"]}
 
 # The metrics an agent may report, camelCase and the snake_case alias of each.
 METRICS_NAMES = tuple(camel for camel, _ in _METRIC_ALIASES)
@@ -155,6 +155,21 @@ def _heartbeat() -> Schema:
     }
 
 
+# What an agent's control channel advertises (rpad.hub.agent_link.read_capabilities).
+CAPABILITIES = obj({
+    "commands": {"type": "boolean", "description": "the host's owner allows commands"},
+    "pty": {"type": "boolean"},
+    "shell": {"type": "boolean", "description": "commands go to /bin/sh (no allowlist)"},
+    "allowlist": {"type": "array", "items": string()},
+    "runAs": nullable(string()),
+    "maxTimeoutSeconds": nullable(NUMBER),
+    "maxOutputBytes": nullable(NUMBER),
+    "maxConcurrent": nullable(NUMBER),
+}, ("commands", "pty", "shell", "allowlist", "runAs", "maxTimeoutSeconds", "maxOutputBytes",
+    "maxConcurrent"), description="What the agent's control channel advertises; null: no "
+                                  "channel (the console cannot reach it)")
+
+
 def _client_view() -> Schema:
     return obj({
         "clientId": CLIENT_ID,
@@ -175,9 +190,11 @@ def _client_view() -> Schema:
         "intervalSeconds": nullable(NUMBER),
         "latestMetrics": nullable({"type": "object",
                                    "additionalProperties": {"type": "number"}}),
+        "capabilities": nullable(CAPABILITIES),
     }, ("clientId", "name", "status", "reportedStatus", "version", "ipAddress", "osType", "tags",
         "metadata", "lastHeartbeatAt", "onlineSince", "offlineSince", "registeredAt",
-        "clockSkewSeconds", "heartbeatTimeoutSeconds", "intervalSeconds", "latestMetrics"))
+        "clockSkewSeconds", "heartbeatTimeoutSeconds", "intervalSeconds", "latestMetrics",
+        "capabilities"))
 
 
 def client_view_with(extra: dict[str, Schema], required: tuple[str, ...] = ()) -> Schema:

@@ -39,6 +39,7 @@ from ..core.topics import (
     UNSUBSCRIBED,
 )
 from ..core.window import FILTERS, MAX_LIMIT, MAX_OFFSET, MAX_Q_CHARS, SORT_KEYS
+from . import console_schemas
 from . import schemas as S
 
 SCHEMA_PATH = "/api/v1/websocket/schema.json"
@@ -46,7 +47,9 @@ DEFS = "#/$defs/"
 # Every code an ERROR message carries (rpad.hub.server, rpad.hub.actions).
 ERROR_CODES = ("invalid_json", "invalid_message", "unknown_action", "invalid_topic",
                "invalid_field", "forbidden", "not_allowed", "too_many_subscriptions",
-               "invalid_token", "already_authenticated", "unauthorized", "rate_limited")
+               "invalid_token", "already_authenticated", "unauthorized", "rate_limited",
+               # on an agent's control channel (rpad.hub.agent_link)
+               "already_registered", "unsupported_protocol", "not_registered")
 # Topics whose every message is rpad's own, described exactly.
 RPAD_TOPICS = (TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_SERVERS, TOPIC_STATS)
 
@@ -201,7 +204,16 @@ def build_ws_schema() -> dict[str, Any]:
                                 "type": {"const": NOTIFICATION}}}]},
         },
     }
-    actions = ("auth", "subscribe", "unsubscribe", "ping", "refresh", "publish")
+    # The console (rpad.api.console_schemas): terminal.* and their answers, task updates to
+    # their creator, and the agents' control channels (/api/v1/agent/ws).
+    console_actions = console_schemas.ws_actions(_action)
+    agent_actions, agent_messages = console_schemas.ws_agent_messages(_control, _action)
+    defs.update(console_actions)
+    defs.update(agent_actions)
+    defs.update(console_schemas.ws_messages(_control))
+    defs.update(agent_messages)
+    actions = ("auth", "subscribe", "unsubscribe", "ping", "refresh", "publish",
+               *console_actions, *agent_actions)
     components = S.components()
     for name in ("ClientView", "Notification", "HubStats"):
         defs[name] = components[name]

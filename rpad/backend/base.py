@@ -12,6 +12,9 @@ Three interfaces, and the values they exchange:
 - :class:`FailureCounter`: failed authentications per address (brute-force protection).
 - :class:`AlertStore`: the alerts' durable state — the outbox of deliveries not yet made, the
   delivery log, silences and the admin API's policy overrides.
+- :class:`AuditLog` and :class:`TaskStore`: the console's record of who ran what where, and
+  batch tasks with their per-client results (writes staged and made durable together, like
+  presence writes).
 
 ``backend = "local"`` (:mod:`rpad.backend.local`) is one process: the registry in memory,
 SQLite, the hub's own delivery. A shared backend implements the same Protocols; only
@@ -37,6 +40,7 @@ from ..config import HistoryConfig, PresenceConfig
 from ..core.errors import StorageUnavailable
 from ..core.history import Plan, Series
 from ..core.model import Client, Event, HeartbeatOutcome
+from ..core.tasks import ResultRecord, TaskRecord
 from ..core.validation import Heartbeat, Registration
 
 T = TypeVar("T")
@@ -145,6 +149,12 @@ class PresenceBackend(Protocol):
     async def status_history(self, client_id: str,
                              limit: int) -> list[tuple[float, str, str | None]]:
         """(at, status, reason) of the client's transitions, newest first."""
+        ...
+
+    def set_capabilities(self, client_id: str, capabilities: dict[str, Any] | None) -> bool:
+        """What the client's agent advertises on its control channel, shown in the client
+        view (None: no channel). Not durable: a channel lives as long as its connection. False
+        if there is no such client."""
         ...
 
     def token_generation(self, client_id: str) -> int:
@@ -366,4 +376,88 @@ class AlertStore(Protocol):
 
     async def durable(self) -> None:
         """Wait until every write staged so far is committed (raises StorageUnavailable)."""
+        ...
+
+
+@attrs.frozen
+class AuditRecord:
+    """The start of something audited: a console ``session``, a ``command`` (of a session or
+    a task), a ``task``, or a ``denied`` attempt. ``ref`` names it for :meth:`AuditLog.end`."""
+
+    ref: str
+    kind: str
+    at: float
+    user_id: str
+    role: str
+    address: str | None
+    client_id: str | None
+    status: str
+    session_id: str | None = None
+    task_id: str | None = None
+    command: str | None = None
+    detail: str | None = None
+
+
+@attrs.frozen
+class AuditQuery:
+    client_id: str | None = None
+    user_id: str | None = None
+    kind: str | None = None
+    status: str | None = None
+    session_id: str | None = None
+    task_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    limit: int = 100
+    offset: int = 0
+
+
+class AuditLog(Protocol):
+    """Who did what where with the console. Writes are staged (never wait);
+    :meth:`durable` waits until everything staged so far is stored."""
+
+    def begin(self, rec: AuditRecord) -> None: ...
+
+    def end(self, ref: str, *, at: float, status: str, exit_code: int | None = None,
+            output_bytes: int | None = None, truncated: bool | None = None,
+            detail: str | None = None) -> None: ...
+
+    async def durable(self) -> None:
+        """Raises StorageUnavailable when the log cannot be made durable."""
+        ...
+
+    async def query(self, q: AuditQuery) -> tuple[list[dict[str, Any]], int]:
+        """Matching records, newest first, and how many match in all."""
+        ...
+
+    def prune(self, before: float) -> None:
+        """Forget records that started before ``before`` (retention)."""
+        ...
+
+
+class TaskStore(Protocol):
+    """Batch tasks and their per-client results."""
+
+    def put_task(self, task: TaskRecord) -> None: ...
+
+    def put_result(self, task_id: str, position: int, result: ResultRecord) -> None: ...
+
+    def put_published(self, task: TaskRecord) -> None:
+        """A task another system reports (keeps its first ``created_at``)."""
+        ...
+
+    async def durable(self) -> None: ...
+
+    async def get_task(self, task_id: str) -> tuple[TaskRecord, list[ResultRecord]] | None: ...
+
+    async def list_tasks(self, *, created_by: str | None, status: str | None, limit: int,
+                         offset: int) -> tuple[list[TaskRecord], int]: ...
+
+    async def interrupt_running(self, now: float) -> int:
+        """Mark the tasks (and their clients) a previous run left pending or running as
+        ``interrupted``; how many tasks. Durable on return."""
+        ...
+
+    def prune(self, before: float) -> None:
+        """Forget tasks that ended before ``before``."""
         ...

@@ -53,6 +53,9 @@ class Client:
     offline_since: float | None = None
     clock_skew_seconds: float | None = None
     latest_metrics: dict[str, float] | None = None
+    # What the agent's control channel advertises (rpad.hub.agent_link); None while there is
+    # no channel. Not stored: channels do not survive a restart of rpad.
+    capabilities: dict[str, Any] | None = None
     # Bumped on every change, so a delta push can tell what changed since the last one.
     revision: int = 0
     # The view serialized as JSON, valid while (revision, view generation) is unchanged.
@@ -87,6 +90,7 @@ class Client:
             "heartbeatTimeoutSeconds": self.effective_timeout(default_timeout),
             "intervalSeconds": self.interval_seconds,
             "latestMetrics": self.latest_metrics,
+            "capabilities": self.capabilities,
         }
 
 

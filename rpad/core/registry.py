@@ -430,6 +430,17 @@ class Registry:
         event = self._event(CLIENT_STATUS_UPDATE, client, now, REASON_REGISTERED if created else None)
         return client, [event], created
 
+    def set_capabilities(self, client_id: str, capabilities: dict[str, Any] | None) -> bool:
+        """What the client's agent advertises on its control channel (None: no channel);
+        False if there is no such client."""
+        client = self._clients.get(client_id)
+        if client is None:
+            return False
+        if client.capabilities != capabilities:
+            client.capabilities = capabilities
+            self._bump(client)
+        return True
+
     def remove(self, client_id: str, now: float) -> list[Event]:
         client = self._clients.pop(client_id, None)
         if client is None:

@@ -50,20 +50,23 @@ FLOOD_CLOSE_AFTER_DROPPED = 500
 
 
 class MessageRate:
-    """A token bucket of MESSAGE_BURST messages refilled at MESSAGES_PER_SECOND."""
+    """A token bucket of ``burst`` messages refilled at ``per_second`` (by default a
+    dashboard's: MESSAGE_BURST and MESSAGES_PER_SECOND)."""
 
-    __slots__ = ("dropped", "dropped_in_a_row", "last", "tokens")
+    __slots__ = ("burst", "dropped", "dropped_in_a_row", "last", "per_second", "tokens")
 
-    def __init__(self) -> None:
-        self.tokens = float(MESSAGE_BURST)
+    def __init__(self, per_second: float = MESSAGES_PER_SECOND,
+                 burst: int = MESSAGE_BURST) -> None:
+        self.per_second = per_second
+        self.burst = float(burst)
+        self.tokens = float(burst)
         self.last: float | None = None
         self.dropped = 0
         self.dropped_in_a_row = 0
 
     def allow(self, now: float) -> bool:
         if self.last is not None:
-            self.tokens = min(float(MESSAGE_BURST),
-                              self.tokens + (now - self.last) * MESSAGES_PER_SECOND)
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.per_second)
         self.last = now
         if self.tokens >= 1.0:
             self.tokens -= 1.0
@@ -123,6 +126,8 @@ class Connection:
     scope: trio.CancelScope | None = None
     nursery: trio.Nursery | None = None
     timer_scope: trio.CancelScope | None = None
+    # The reader's limit on incoming messages (agents' control channels have a looser one).
+    rate: MessageRate = attrs.Factory(MessageRate)
 
     @property
     def user_id(self) -> str:
@@ -211,7 +216,7 @@ class Connection:
     # -- the reader ----------------------------------------------------------------------------
 
     async def _reader(self) -> None:
-        rate = MessageRate()
+        rate = self.rate
         try:
             while True:
                 raw = await self.ws.get_message()

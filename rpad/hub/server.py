@@ -15,8 +15,10 @@ nodes are the :class:`~rpad.backend.base.Broker`'s.
 Access. A bad or missing token closes with 4001; failed authentications count per address
 (through the same :class:`~rpad.service.gate.Gate` as the HTTP API's, so both sides count
 together), and an address over ``auth.max_failures_per_minute`` is refused (4001) for a while.
-Agent tokens are refused (4003): an agent's only read right is its own status, which the hub
-does not offer per client. At most ``websocket.max_connections_per_user`` per user (4029).
+Agent tokens are refused (4003) on those paths: an agent's only read right is its own status,
+which the hub does not offer per client. The third path, ``/api/v1/agent/ws``, takes agent
+tokens only (4003 for any other role): agents' control channels, handed to
+:class:`~rpad.hub.agent_link.AgentLinks` (when the console is set up). At most ``websocket.max_connections_per_user`` per user (4029).
 Every connection is subscribed to ``system`` from the start and cannot leave it, so a
 broadcast reaches everyone.
 
@@ -42,7 +44,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import trio
@@ -98,8 +100,24 @@ WS_PATHS = ("/ws", "/api/v1/client/ws")
 # a late handshake at websocket.handshake_timeout_seconds): a handshake the gate has cut still
 # holds trio-websocket's task until then.
 HANDSHAKE_BACKSTOP_SECONDS = 1.0
+# Agents' control channels (rpad.hub.agent_link): agent tokens only.
+AGENT_PATH = "/api/v1/agent/ws"
 # How long open connections get at shutdown to receive their 1001 before they are cut.
 SHUTDOWN_DEADLINE_SECONDS = 5.0
+
+
+class AgentEndpoint(Protocol):
+    """Where the hub hands an authenticated agent's control channel
+    (:class:`rpad.hub.agent_link.AgentLinks`)."""
+
+    def enabled(self) -> bool: ...
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Begin closing every agent channel (shutdown)."""
+        ...
+
+    async def serve(self, hub: Hub, ws: WebSocketConnection, principal: Principal,
+                    address: str, metadata: dict[str, Any]) -> None: ...
 
 
 class Hub:
@@ -120,6 +138,7 @@ class Hub:
         actions: Mapping[str, Action] | None = None,
         listener_gate: ConnectionGate | None = None,
         cluster: ClusterQuestions | None = None,
+        agents: AgentEndpoint | None = None,
     ) -> None:
         self.config = config
         self.gate = gate
@@ -133,6 +152,7 @@ class Hub:
         # Connections per address and in all, and the handshake deadline (rpad.listeners).
         self.listener_gate = listener_gate or ConnectionGate(
             "websocket", listener_limits(config), trusted_proxies)
+        self.agents = agents
         self.url = ""
         self.admin = HubAdmin(fanout, broker, counters, config=lambda: self.config,
                               accepting=lambda: self._accepting, cluster=cluster)
@@ -194,6 +214,8 @@ class Hub:
                     scope.cancel()
                 for c in list(self.fanout.connections.values()):
                     c.close(CLOSE_GOING_AWAY, "server going away")
+                if self.agents is not None:
+                    self.agents.close_all(CLOSE_GOING_AWAY, "server going away")
                 handlers.cancel_scope.deadline = trio.current_time() + SHUTDOWN_DEADLINE_SECONDS
         finally:
             self._accepting = False
@@ -245,7 +267,7 @@ class Hub:
 
     async def _serve(self, request: WebSocketRequest, peer: str, conn: Conn) -> None:
         path, _, query = request.path.partition("?")
-        if path not in WS_PATHS:
+        if path not in WS_PATHS and not (path == AGENT_PATH and self.agents is not None):
             await self._reject(request, conn, 404, "not_found",
                                f"no WebSocket endpoint here; use {' or '.join(WS_PATHS)}")
             return
@@ -270,6 +292,19 @@ class Hub:
         principal, method, batch = authenticated
         # Authenticated: no longer counted against its address, never cut to make room.
         self.listener_gate.establish(conn, long_lived=True)
+        if path == AGENT_PATH and self.agents is not None:
+            if principal.role != "agent":
+                await self._refuse(ws, CLOSE_FORBIDDEN,
+                                   "only agent tokens may open an agent's control channel")
+            elif not self.agents.enabled():
+                await self._refuse(ws, CLOSE_FORBIDDEN,
+                                   "the console is switched off on this rpad")
+            else:
+                self.counters.total_connections += 1
+                await self.agents.serve(self, ws, principal, address, {
+                    "remoteAddress": address, "path": path,
+                    "userAgent": headers.get("user-agent"), "authMethod": method})
+            return
         if principal.role == "agent":
             await self._refuse(ws, CLOSE_FORBIDDEN, "agent tokens cannot use the WebSocket hub")
             return

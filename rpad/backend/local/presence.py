@@ -58,6 +58,9 @@ class LocalPresence:
         self.registry.auto_register = cfg.registration == "auto"
         self.store.history_per_client = cfg.history_per_client
 
+    def set_capabilities(self, client_id: str, capabilities: dict[str, Any] | None) -> bool:
+        return self.registry.set_capabilities(client_id, capabilities)
+
     # -- writes --------------------------------------------------------------------------------
 
     def _stage(self, clients: Sequence[Client], events: Sequence[Event]) -> None:

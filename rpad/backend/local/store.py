@@ -34,7 +34,7 @@ from ...core.model import Client
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # After a failed commit: the first retry comes this soon (new writes are tried no sooner), and
 # retries with nothing new staged back off, doubling, to at most this interval.
@@ -149,6 +149,69 @@ MIGRATIONS: list[str] = [
         name TEXT NOT NULL,
         fields TEXT NOT NULL,
         PRIMARY KEY (scope, name)
+    ) WITHOUT ROWID;
+    """,
+    # 4: the console (issue 12, rpad/backend/local/records.py): its audit log, and batch tasks
+    # with their per-client results.
+    """
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ref TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        role TEXT NOT NULL,
+        address TEXT,
+        client_id TEXT,
+        session_id TEXT,
+        task_id TEXT,
+        command TEXT,
+        started_at REAL NOT NULL,
+        ended_at REAL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        output_bytes INTEGER,
+        truncated INTEGER,
+        detail TEXT
+    );
+    CREATE INDEX audit_by_time ON audit (started_at, id);
+    CREATE INDEX audit_by_client ON audit (client_id, id);
+    CREATE INDEX audit_by_user ON audit (user_id, id);
+    CREATE TABLE tasks (
+        task_id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        status TEXT NOT NULL,
+        command TEXT,
+        created_by TEXT,
+        role TEXT,
+        address TEXT,
+        selector TEXT NOT NULL DEFAULT '{}',
+        concurrency INTEGER,
+        timeout_seconds REAL,
+        started_at REAL,
+        ended_at REAL,
+        total INTEGER NOT NULL DEFAULT 0,
+        succeeded INTEGER NOT NULL DEFAULT 0,
+        failed INTEGER NOT NULL DEFAULT 0,
+        progress REAL NOT NULL DEFAULT 0,
+        current_device TEXT
+    ) WITHOUT ROWID;
+    CREATE INDEX tasks_by_time ON tasks (created_at);
+    CREATE TABLE task_results (
+        task_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        signal INTEGER,
+        started_at REAL,
+        ended_at REAL,
+        duration_ms INTEGER,
+        output_bytes INTEGER NOT NULL DEFAULT 0,
+        truncated INTEGER NOT NULL DEFAULT 0,
+        error TEXT,
+        output_tail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (task_id, client_id)
     ) WITHOUT ROWID;
     """,
 ]

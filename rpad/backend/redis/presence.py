@@ -104,6 +104,9 @@ class RedisPresence:
         self.sweeps_fenced = 0
         self._versions: dict[str, int] = {}
         self._gens: dict[str, int] = {}
+        # What the agents whose control channel is on this node advertise (not shared: the
+        # console reaches an agent through the node that holds its channel).
+        self._capabilities: dict[str, dict[str, Any]] = {}
         self._pending: list[_Pending] = []
         self._wake = trio.Event()
         self.beats_sent = 0
@@ -132,10 +135,18 @@ class RedisPresence:
         client, version = codec.decode(flat)
         if version > self._versions.get(client.client_id, -1):
             self._versions[client.client_id] = version
+            client.capabilities = self._capabilities.get(client.client_id)
             self.registry.put(client)
             return client
         current = self.registry.get(client.client_id)
         return current if current is not None else client
+
+    def set_capabilities(self, client_id: str, capabilities: dict[str, Any] | None) -> bool:
+        if capabilities is None:
+            self._capabilities.pop(client_id, None)
+        else:
+            self._capabilities[client_id] = capabilities
+        return self.registry.set_capabilities(client_id, capabilities)
 
     def _on_state(self, fields: list[str]) -> None:
         import json
