@@ -226,18 +226,29 @@ def knows_connection_caps() -> bool:
     return config.is_file() and "max_connections_per_address" in config.read_text()
 
 
+def knows_fleet_cap() -> bool:
+    """Whether the rpad measured has presence.max_clients (the benchmarks' fleets of 100,000
+    clients, registered as fast as a gateway can, are lifted above it)."""
+    config = RPAD_ROOT / "rpad" / "config.py"
+    return config.is_file() and "max_clients" in config.read_text()
+
+
 def rpad_config(state_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
     """A bench configuration: ports 0 on loopback, state in ``state_dir``, quiet logs, the
-    connection caps lifted."""
+    connection caps and the fleet's bounds lifted."""
     caps = ({"max_connections": BENCH_CONNECTION_CAP,
              "max_connections_per_address": BENCH_CONNECTION_CAP}
             if knows_connection_caps() else {})
+    fleet = ({"max_clients": BENCH_CONNECTION_CAP, "registrations_per_minute": 1e9}
+             if knows_fleet_cap() else {})
     base: dict[str, Any] = {
         "state_dir": str(state_dir),
         "http": {"listen": f"{LOOPBACK}:0", **caps},
         "websocket": {"listen": f"{LOOPBACK}:0", **caps},
         "logging": {"level": "warning"},
     }
+    if fleet:
+        base["presence"] = fleet
     for name, table in sections.items():
         base[name] = {**base.get(name, {}), **table}
     return base

@@ -120,6 +120,12 @@ class PresenceConfig:
     startup_grace_seconds: float | None = None
     # How many status-history entries are kept per client.
     history_per_client: int = 100
+    # Clients rpad keeps at most (every SERVER_LIST holds them all); a new one beyond is refused
+    # (409 fleet_full). Removing clients makes room.
+    max_clients: int = 10_000
+    # New clients one token subject may register per minute (its heartbeats for unknown ids
+    # when registration is "auto"; administrators are not limited); beyond, 429.
+    registrations_per_minute: float = 1000.0
 
     @property
     def grace_seconds(self) -> float:
@@ -512,6 +518,8 @@ def validate(cfg: Config) -> None:
     if pr.startup_grace_seconds is not None and pr.startup_grace_seconds < 0:
         p.append("presence.startup_grace_seconds: must not be negative")
     positive("presence.history_per_client", pr.history_per_client)
+    positive("presence.max_clients", pr.max_clients)
+    positive("presence.registrations_per_minute", pr.registrations_per_minute)
     positive("push.interval_seconds", cfg.push.interval_seconds)
     positive("push.stats_interval_seconds", cfg.push.stats_interval_seconds)
     h = cfg.history

@@ -45,6 +45,7 @@ from .backend.local.store import Store
 from .backend.redis.cluster import RedisCluster
 from .backend.redis.failures import RedisFailureCounter
 from .config import Config, ConfigError, HttpConfig
+from .core.ratelimit import RatePerKey
 from .core.registry import Registry
 from .httpserve import BodyLimits, RequestGuard, hypercorn_config, serve_http
 from .hub.agent_link import AgentLinks
@@ -168,6 +169,7 @@ class Daemon:
             min_interval_seconds=cfg.presence.min_interval_seconds,
             auto_register=cfg.presence.registration == "auto",
             grace_until=grace_until,
+            max_clients=cfg.presence.max_clients,
         )
 
     async def _run_local(self, store: Store, loaded: Any, keys: Keys,
@@ -192,6 +194,8 @@ class Daemon:
         view = backend.view
         log.info("loaded %d clients (%d online) from %s", len(view), view.online_count,
                  store.path)
+        assert self.presence is not None
+        self.presence.check_fleet()
         if view.grace_until:
             log.info("startup grace: nobody is marked offline for %.0f s", cfg.presence.grace_seconds)
 
@@ -250,7 +254,8 @@ class Daemon:
                              wall_clock=self.wall_clock,
                              client_view=lambda cid: (registry.view(c) if (c := registry.get(cid))
                                                       is not None else None))
-        self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock)
+        self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock,
+                                 registrations=RatePerKey(cfg.presence.registrations_per_minute))
         self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)
         self.sweeper = Sweeper(self.presence, lambda: self.config.presence.check_interval_seconds,
                                wall_clock=self.wall_clock)
@@ -452,6 +457,10 @@ class Daemon:
         if self.history is not None:
             self.history.reconfigure(new.history)
         self.sweeper.poke()  # new timeouts: new deadlines
+        if self.presence is not None:
+            if self.presence.registrations is not None:
+                self.presence.registrations.per_minute = new.presence.registrations_per_minute
+            self.presence.check_fleet()
         # The sweeper and the pushers re-read their intervals from self.config every round.
         if self.store is not None:
             self.store.reconfigure(commit_interval_ms=new.storage.commit_interval_ms,

@@ -472,3 +472,36 @@ async def populate_fleet(rpad: Running) -> None:
                                     status=status, metrics=metrics, osType="Linux 6.1")
         assert resp.status_code == 200, resp.text
     await rpad.heartbeat("rpa-fin-04", status="offline", ipAddress="10.20.3.40")
+
+
+async def test_a_banner_warns_when_the_fleet_nears_its_cap(
+        make_config: Callable[..., Config]) -> None:
+    """presence.max_clients = 5: no banner at 3 clients, a warning at 4 (80 %), "full" at 5
+    with the sixth refused, and gone again once a client is removed."""
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        cfg = make_config(presence={"min_interval_seconds": 0, "max_clients": 5})
+        async with daemon_running(cfg) as rpad:
+            for cid in ("a", "b", "c"):
+                await rpad.heartbeat(cid)
+
+            def scenario(page: Any) -> None:
+                open_dashboard(page, rpad)
+                banner = page.locator("#fleet-banner")
+                expect(page.locator("tbody tr")).to_have_count(3)
+                expect(banner).to_be_hidden()
+                call(rpad.heartbeat, "d")
+                expect(banner).to_be_visible()
+                expect(banner).to_have_attribute("data-level", "warn")
+                expect(banner).to_have_text(re.compile(
+                    r"The fleet holds 4 of at most 5 clients \(80 % of presence\.max_clients\)"))
+                call(rpad.heartbeat, "e")
+                expect(banner).to_have_attribute("data-level", "full")
+                expect(banner).to_contain_text("The fleet is full: 5 clients")
+                refused = call(rpad.heartbeat, "f")
+                assert refused.status_code == 409 and refused.json()["error"] == "fleet_full"
+                call(rpad.request, "DELETE", "/api/v1/clients/e")
+                call(rpad.request, "DELETE", "/api/v1/clients/d")
+                expect(page.locator("tbody tr")).to_have_count(3)
+                expect(banner).to_be_hidden()
+
+            await in_browser(scenario)

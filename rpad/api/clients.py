@@ -21,7 +21,7 @@ from ..service.presence import MAX_BATCH_HEARTBEATS
 from .bodies import int_arg, request_body, request_json_object
 from .context import ApiContext
 from .errors import invalid_parameter, json_response, unknown_client
-from .heartbeat import handle_heartbeat
+from .heartbeat import handle_heartbeat, registrar
 from .openapi import ADMIN, SERVICE_UP, VIEWER_UP, Answer, Link, Param, operation
 from .security import request_peer, request_principal
 
@@ -70,7 +70,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                     "shutdown: the client is offline at once.",
         body="Heartbeat",
         answer=Answer(200, "recorded", "HeartbeatAnswer"),
-        errors=("unknown_client", "rate_limited", "storage_unavailable", "backend_unavailable"),
+        errors=("unknown_client", "rate_limited", "fleet_full", "too_many_registrations",
+                "storage_unavailable", "backend_unavailable"),
         links={200: {k: _CLIENT_LINKS[k] for k in ("getStatus", "getClient", "getEvents")}})
     async def heartbeat() -> Response:
         # The same implementation as the ASGI fast path (rpad.api.heartbeat), which normally
@@ -89,7 +90,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         answer=Answer(200, "one result per heartbeat, in order", "HeartbeatBatchAnswer"),
         errors=("storage_unavailable", "backend_unavailable",))
     async def heartbeats() -> Response:
-        require_role(principal(), "service")
+        who = principal()
+        require_role(who, "service")
         items = (await body_object()).get("heartbeats")
         if not isinstance(items, list):
             raise ValidationFailed([{"field": "heartbeats",
@@ -98,7 +100,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
             raise ValidationFailed([{
                 "field": "heartbeats",
                 "message": f"must hold at most {MAX_BATCH_HEARTBEATS} heartbeats, got {len(items)}"}])
-        results = await presence.heartbeat_batch(items, peer(), lambda _cid: True)
+        results = await presence.heartbeat_batch(items, peer(), lambda _cid: True,
+                                                 registrar=registrar(who))
         ok = sum(1 for r in results if r["ok"])
         return json_response({"accepted": ok, "rejected": len(results) - ok, "results": results})
 
@@ -161,7 +164,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         body="Registration",
         answer=(Answer(201, "registered", "ClientView"),
                 Answer(200, "it was registered already: updated", "ClientView")),
-        errors=("storage_unavailable", "backend_unavailable",),
+        errors=("fleet_full", "storage_unavailable", "backend_unavailable"),
         links={201: _CLIENT_LINKS, 200: _CLIENT_LINKS})
     async def register_client() -> Response:
         require_role(principal(), "admin")

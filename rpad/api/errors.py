@@ -16,9 +16,11 @@ from quart import Response
 from ..core.errors import (
     AuthError,
     BackendUnavailable,
+    FleetFull,
     RateLimited,
     StorageUnavailable,
     TooManyFailures,
+    TooManyRegistrations,
     UnknownClient,
     ValidationFailed,
 )
@@ -89,6 +91,17 @@ def translate(exc: BaseException) -> ApiError:
                         "the cluster's shared backend is unreachable; nothing was written; "
                         "retry later",
                         headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_seconds)))})
+    if isinstance(exc, FleetFull):
+        return ApiError(409, "fleet_full",
+                        f"the fleet is at its cap of {exc.max_clients} clients "
+                        "(presence.max_clients): no new client can register until an "
+                        "administrator removes some or raises the cap")
+    if isinstance(exc, TooManyRegistrations):
+        retry = max(1, math.ceil(exc.retry_after_seconds))
+        return ApiError(429, "too_many_registrations",
+                        "this token registers new clients faster than "
+                        "presence.registrations_per_minute allows",
+                        headers={"Retry-After": str(retry)})
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, "storage_unavailable",
                         "the database cannot commit right now; retry later",

@@ -19,9 +19,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..auth import bearer_token
-from ..core.errors import RateLimited, StorageUnavailable, UnknownClient
+from ..core.errors import (
+    FleetFull,
+    RateLimited,
+    StorageUnavailable,
+    TooManyRegistrations,
+    UnknownClient,
+)
 from ..core.jsonenc import dumps_bytes
-from ..core.principal import require_client_access
+from ..core.principal import Principal, require_client_access
 from ..core.validation import parse_heartbeat
 from .bodies import check_body_length, parse_json_object
 from .context import ApiContext
@@ -56,13 +62,20 @@ async def handle_heartbeat(
         check_body_length(content_length, limit)
         hb = parse_heartbeat(parse_json_object(await read_body(limit)))
         require_client_access(principal, hb.client_id, write=True)
-        return 200, await ctx.presence.heartbeat(hb, peer), {}
+        return 200, await ctx.presence.heartbeat(hb, peer, registrar=registrar(principal)), {}
     except Exception as exc:  # noqa: BLE001 - only the domain's errors are translated; others re-raise
         err = translate(exc)
-        if not isinstance(exc, RateLimited | UnknownClient | StorageUnavailable):
+        if not isinstance(exc, RateLimited | UnknownClient | StorageUnavailable | FleetFull
+                          | TooManyRegistrations):
             # Refused before reaching Presence (which counts its own refusals).
             ctx.presence.count_heartbeat(_REJECTED.get(err.status, "invalid"))
         return err.status, error_body(err.status, err.code, err.message, err.details), err.headers
+
+
+def registrar(principal: Principal) -> str | None:
+    """Whose registrations of new clients a heartbeat counts against: the token's subject;
+    administrators are not limited."""
+    return None if principal.is_admin else principal.sub
 
 
 class HeartbeatFastPath:

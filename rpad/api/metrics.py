@@ -64,7 +64,8 @@ COMMIT_SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 
 # Label values that exist from the start (a counter that is absent until its first increment
 # makes rate() and alerts awkward).
-HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "invalid", "unauthorized",
+HEARTBEAT_RESULTS = ("accepted", "rate_limited", "unknown_client", "fleet_full",
+                     "too_many_registrations", "invalid", "unauthorized",
                      "forbidden", "storage_error", "backend_unavailable")
 CLIENT_STATUSES = (ONLINE, OFFLINE, UNKNOWN)
 TRANSITIONS = {CLIENT_CONNECTED: "online", CLIENT_DISCONNECTED: "offline", CLIENT_REMOVED: "removed"}
@@ -217,6 +218,14 @@ class RpadCollector(Collector):
         for status in sorted(by_status):
             clients.add_metric([status], by_status[status])
         yield clients
+        if p.view.max_clients is not None:
+            yield GaugeMetricFamily("rpad_clients_max",
+                                    "presence.max_clients: new clients beyond it are refused.",
+                                    value=p.view.max_clients)
+        yield _counter("rpad_registrations_refused",
+                       "New clients refused: the fleet at presence.max_clients (fleet_full), or "
+                       "a token subject over presence.registrations_per_minute "
+                       "(too_many_registrations).", "reason", p.registrations_refused)
         yield _counter("rpad_client_transitions",
                        "Presence transitions: went online, went offline, removed.", "to",
                        {TRANSITIONS.get(k, k.lower()): v for k, v in p.transitions.items()},

@@ -55,11 +55,13 @@ ERROR_STATUS = {
     "forbidden": 403, "console_disabled": 403,
     "not_found": 404, "unknown_client": 404, "not_connected": 404, "unknown_silence": 404,
     "unknown_override": 404,
-    "not_running": 409,
+    "request_timeout": 408,
+    "not_running": 409, "fleet_full": 409,
     "body_too_large": 413,
     "validation_failed": 422,
     "rate_limited": 429, "too_many_auth_failures": 429, "too_many_tasks": 429,
-    "storage_unavailable": 503, "not_ready": 503,
+    "too_many_registrations": 429, "too_many_connections": 429,
+    "storage_unavailable": 503, "not_ready": 503, "server_busy": 503,
     # Cluster mode: the shared backend (Redis) is unreachable from this node; nothing written.
     "backend_unavailable": 503,
 }
@@ -70,8 +72,9 @@ _ERROR_HEADERS = {
 }
 _STATUS_TEXT = {400: "Bad request", 401: "No token or a bad token",
                 403: "The token's role or subject may not do this", 404: "Not found",
-                409: "Not in a state that allows this", 413: "The body is too large",
-                422: "A bad field or parameter",
+                408: "The body arrived too slowly",
+                409: "Not in a state that allows this (a task not running, the fleet full)",
+                413: "The body is too large", 422: "A bad field or parameter",
                 429: "Too many requests", 503: "Unavailable for now"}
 
 # Path parameters by the name routes give them: (the document's name, schema).

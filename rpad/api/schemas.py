@@ -319,7 +319,8 @@ def _batch_result() -> Schema:
              ("index", "ok", *HEARTBEAT_ANSWER["required"]))
     refused = obj({
         "index": COUNT, "ok": {"const": False}, "clientId": CLIENT_ID,
-        "error": {"enum": ["validation_failed", "forbidden", "rate_limited", "unknown_client"]},
+        "error": {"enum": ["validation_failed", "forbidden", "rate_limited", "unknown_client",
+                           "fleet_full", "too_many_registrations"]},
         "message": string(), "details": {"type": "array", "items": FIELD_ERROR},
         "retryAfterSeconds": NUMBER,
     }, ("index", "ok", "error", "message"))

@@ -54,6 +54,11 @@ ERROR_CODES = ("invalid_json", "invalid_message", "unknown_action", "invalid_top
 RPAD_TOPICS = (TOPIC_CLIENT_STATUS, TOPIC_HEARTBEAT, TOPIC_SERVERS, TOPIC_STATS)
 
 
+# presence.max_clients, with the client list (the dashboard warns when the fleet nears it).
+_MAX_CLIENTS = {"type": "integer", "minimum": 1,
+                "description": "presence.max_clients: new clients beyond it are refused"}
+
+
 def _view() -> S.Schema:
     return S.obj({
         "filter": {"enum": list(FILTERS), "default": "all"},
@@ -167,12 +172,14 @@ def build_ws_schema() -> dict[str, Any]:
             "A heartbeat was accepted."),
         SERVER_LIST: _message(
             {"const": SERVER_LIST}, {"const": TOPIC_SERVERS},
-            S.obj({"servers": {"type": "array", "items": _d("ClientView")}}, ("servers",)),
-            "The whole client list.", seq_minimum=0),
+            S.obj({"servers": {"type": "array", "items": _d("ClientView")},
+                   "maxClients": _MAX_CLIENTS}, ("servers",)),
+            "The whole client list, and the fleet's cap.", seq_minimum=0),
         SERVER_LIST_DELTA: _message(
             {"const": SERVER_LIST_DELTA}, {"const": TOPIC_SERVERS},
             S.obj({"changed": {"type": "array", "items": _d("ClientView")},
-                   "removed": {"type": "array", "items": S.CLIENT_ID}},
+                   "removed": {"type": "array", "items": S.CLIENT_ID},
+                   "maxClients": _MAX_CLIENTS},
                   ("changed", "removed")),
             "What changed since the previous push (push.mode = delta).", seq_minimum=0),
         SERVER_WINDOW: _message(

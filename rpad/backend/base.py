@@ -66,6 +66,14 @@ class PresenceView(Protocol):
     default_timeout_seconds: float
     min_interval_seconds: float
     grace_until: float
+    auto_register: bool
+    # New clients beyond this many are refused (FleetFull); None: no cap.
+    max_clients: int | None
+
+    @property
+    def full(self) -> bool:
+        """Whether a new client would be refused."""
+        ...
 
     def __len__(self) -> int: ...
 

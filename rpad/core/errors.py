@@ -55,3 +55,19 @@ class TooManyFailures(Exception):
     def __init__(self, retry_after_seconds: float) -> None:
         self.retry_after_seconds = retry_after_seconds
         super().__init__("too many failed authentications from this address; wait and retry")
+
+
+class FleetFull(Exception):
+    """A new client would take the fleet past ``presence.max_clients``."""
+
+    def __init__(self, max_clients: int) -> None:
+        self.max_clients = max_clients
+        super().__init__(f"the fleet is at its cap of {max_clients} clients")
+
+
+class TooManyRegistrations(Exception):
+    """One token subject registers new clients faster than ``presence.registrations_per_minute``."""
+
+    def __init__(self, retry_after_seconds: float) -> None:
+        self.retry_after_seconds = retry_after_seconds
+        super().__init__(f"retry after {retry_after_seconds:.3f} s")

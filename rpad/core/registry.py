@@ -13,7 +13,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from .errors import RateLimited, UnknownClient
+from .errors import FleetFull, RateLimited, UnknownClient
 from .jsonenc import dumps
 from .model import (
     CLIENT_CONNECTED,
@@ -68,6 +68,7 @@ class Registry:
         min_interval_seconds: float,
         auto_register: bool,
         grace_until: float = 0.0,
+        max_clients: int | None = None,
     ) -> None:
         self.default_timeout_seconds = default_timeout_seconds
         self.min_interval_seconds = min_interval_seconds
@@ -95,6 +96,28 @@ class Registry:
         self._removals_kept_since = 0
         # Journals of changed and removed clients (see watch_changes).
         self._journals: list[ChangeJournal] = []
+        # New clients beyond this many are refused (FleetFull); None: no cap.
+        self._max_clients = max_clients
+
+    @property
+    def max_clients(self) -> int | None:
+        return self._max_clients
+
+    @max_clients.setter
+    def max_clients(self, value: int | None) -> None:
+        # The client lists carry the cap: a new one is news for the pusher.
+        if value != self._max_clients:
+            self._max_clients = value
+            self._revision += 1
+
+    def _check_room(self) -> None:
+        if self._max_clients is not None and len(self._clients) >= self._max_clients:
+            raise FleetFull(self._max_clients)
+
+    @property
+    def full(self) -> bool:
+        """Whether a new client would be refused."""
+        return self._max_clients is not None and len(self._clients) >= self._max_clients
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -140,11 +163,16 @@ class Registry:
             client._json_key = key
         return client._json
 
+    def _cap_json(self) -> str:
+        return "" if self._max_clients is None else f',"maxClients":{int(self._max_clients)}'
+
     def servers_json(self) -> str:
-        """``{"servers": [client view, ...]}`` as a JSON string, built from cached per-client
-        fragments: a push re-serializes only the clients that changed since the last one."""
+        """``{"servers": [client view, ...], "maxClients": N}`` as a JSON string, built from
+        cached per-client fragments: a push re-serializes only the clients that changed since
+        the last one."""
         vj = self.view_json
-        return '{"servers":[' + ",".join([vj(c) for c in self._clients.values()]) + "]}"
+        return ('{"servers":[' + ",".join([vj(c) for c in self._clients.values()]) + "]"
+                + self._cap_json() + "}")
 
     @property
     def view_generation(self) -> int:
@@ -166,7 +194,7 @@ class Registry:
         self._removals_kept_since = max(self._removals_kept_since, since)
         removed = [cid for _, cid in removals if cid not in self._clients]
         return ('{"changed":[' + ",".join(changed) + '],"removed":'
-                + dumps(sorted(set(removed))) + "}")
+                + dumps(sorted(set(removed))) + self._cap_json() + "}")
 
     def next_deadline(self) -> float | None:
         """The wall-clock time at which the next online client times out (its last heartbeat
@@ -342,6 +370,7 @@ class Registry:
         if client is None:
             if not self.auto_register:
                 raise UnknownClient(hb.client_id)
+            self._check_room()
             client = Client(client_id=hb.client_id, registered_at=now)
             self._insert(client)
             created = True
@@ -410,6 +439,7 @@ class Registry:
         client = self._clients.get(reg.client_id)
         created = client is None
         if client is None:
+            self._check_room()
             client = Client(client_id=reg.client_id, registered_at=now)
             self._insert(client)
         client.registered = True

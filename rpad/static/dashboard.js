@@ -48,6 +48,7 @@ const state = {
   configTimer: null,
   configAttempt: 0,
   listAt: 0,            // Date.now() of the last SERVER_LIST
+  maxClients: null,     // presence.max_clients, from SERVER_LIST (null: not said)
   unknown: 0,
   offset: 0,            // the page's first row (windowed subscription)
   page: null,           // client ids of the page, in order (null: full-list mode)
@@ -335,6 +336,26 @@ function scheduleRender() {
   else requestAnimationFrame(run);
 }
 
+// The share of presence.max_clients from which the banner warns (as rpad's log does).
+const FLEET_WARNING_SHARE = 0.8;
+
+function renderFleetBanner(n) {
+  const banner = $("fleet-banner");
+  const max = state.maxClients;
+  if (!max || n < max * FLEET_WARNING_SHARE) {
+    banner.hidden = true;
+    return;
+  }
+  const full = n >= max;
+  banner.dataset.level = full ? "full" : "warn";
+  setText(banner, full
+    ? `The fleet is full: ${n.toLocaleString()} clients, the cap is ${max.toLocaleString()} ` +
+      "(presence.max_clients). New clients are refused until clients are removed or the cap is raised."
+    : `The fleet holds ${n.toLocaleString()} of at most ${max.toLocaleString()} clients ` +
+      `(${Math.floor(100 * n / max)} % of presence.max_clients). Beyond the cap, new clients are refused.`);
+  banner.hidden = false;
+}
+
 function render() {
   consoles.sync(state.clients);
   if (state.page !== null) {
@@ -342,6 +363,7 @@ function render() {
     return;
   }
   const all = [...state.clients.values()];
+  renderFleetBanner(all.length);
   const counts = { online: 0, offline: 0, unknown: 0 };
   let cpuSum = 0, cpuN = 0, memSum = 0, memN = 0;
   for (const c of all) {
@@ -601,10 +623,12 @@ function onEvent(msg) {
     case "SERVER_LIST":
       state.page = null;
       applyList(Array.isArray(d.servers) ? d.servers : [], { replace: true });
+      state.maxClients = Number.isInteger(d.maxClients) ? d.maxClients : null;
       break;
     case "SERVER_LIST_DELTA":  // push.mode = "delta": only what changed since the last push
       for (const id of Array.isArray(d.removed) ? d.removed : []) state.clients.delete(id);
       applyList(Array.isArray(d.changed) ? d.changed : [], { replace: false });
+      if (Number.isInteger(d.maxClients)) state.maxClients = d.maxClients;
       break;
     case "CLIENT_CONNECTED":
     case "CLIENT_DISCONNECTED":

@@ -20,7 +20,7 @@ from typing import Any
 import trio
 
 from ...config import PresenceConfig
-from ...core.errors import RateLimited, StorageUnavailable, UnknownClient
+from ...core.errors import FleetFull, RateLimited, StorageUnavailable, UnknownClient
 from ...core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, OFFLINE, ONLINE, Client, Event
 from ...core.registry import Registry
 from ...core.validation import Heartbeat, Registration
@@ -56,6 +56,7 @@ class LocalPresence:
         self.registry.default_timeout_seconds = cfg.heartbeat_timeout_seconds
         self.registry.min_interval_seconds = cfg.min_interval_seconds
         self.registry.auto_register = cfg.registration == "auto"
+        self.registry.max_clients = cfg.max_clients
         self.store.history_per_client = cfg.history_per_client
 
     def set_capabilities(self, client_id: str, capabilities: dict[str, Any] | None) -> bool:
@@ -87,7 +88,7 @@ class LocalPresence:
         for hb in beats:
             try:
                 outcome = self.registry.heartbeat(hb, now, peer_address=peer)
-            except (RateLimited, UnknownClient) as exc:
+            except (RateLimited, UnknownClient, FleetFull) as exc:
                 results.append(exc)
                 continue
             results.append(outcome)
