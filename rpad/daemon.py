@@ -513,7 +513,8 @@ def http_limits(http: HttpConfig) -> Limits:
     oldest connection that has not sent its request (then the longest-idle one) makes room."""
     return Limits(max_connections=http.max_connections,
                   max_connections_per_address=http.max_connections_per_address,
-                  head_timeout_seconds=http.header_timeout_seconds, evict=True)
+                  head_timeout_seconds=http.header_timeout_seconds, evict=True,
+                  idle_timeout_seconds=http.keep_alive_timeout_seconds)
 
 
 def _get(cfg: Any, dotted: str) -> Any:

@@ -199,6 +199,7 @@ class RequestGuard:
         received = 0
         body_done = False
         started = False
+        closing = False  # the answer says Connection: close
         app_scope = trio.CancelScope()
 
         async def guarded_receive() -> Any:
@@ -219,14 +220,18 @@ class RequestGuard:
             raise AssertionError("unreachable")
 
         async def guarded_send(message: dict[str, Any]) -> None:
-            nonlocal started
+            nonlocal started, closing
             if message["type"] == "http.response.start":
                 started = True
+                closing = any(k.lower() == b"connection" and b"close" in v.lower()
+                              for k, v in message.get("headers", ()))
             await send(message)
 
         with app_scope:
             await self.app(scope, guarded_receive, guarded_send)
         if not app_scope.cancelled_caught:
+            if conn is not None and (closing or not keeps_alive(scope)):
+                self.gate.close_answered(conn)
             return
         if started:
             if conn is not None:
@@ -239,6 +244,18 @@ class RequestGuard:
             f"second (after the first {limits.timeout_seconds:g} s)")
         await send({"type": "http.response.start", "status": 408, "headers": head})
         await send({"type": "http.response.body", "body": body})
+
+
+def keeps_alive(scope: dict[str, Any]) -> bool:
+    """Whether the client asked to keep the connection for another request (HTTP/1.1 unless
+    ``Connection: close``; HTTP/1.0 only with ``Connection: keep-alive``)."""
+    tokens: set[bytes] = set()
+    for name, value in scope["headers"]:
+        if name.lower() == b"connection":
+            tokens.update(t.strip().lower() for t in value.split(b","))
+    if scope.get("http_version") == "1.0":
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
 
 
 def hypercorn_config(listen: str, *, graceful_timeout_seconds: float,

@@ -9,7 +9,8 @@ phase:
   later request on a kept-alive connection, or it is cut (TCP reset);
 - ``busy``: a request is being served (HTTP), or the hub is authenticating it (WebSocket);
 - ``idle``: an HTTP keep-alive connection between requests (Hypercorn's keep-alive timeout
-  ends it);
+  ends it; the gate cuts it ``IDLE_GRACE_SECONDS`` later if Hypercorn has not, as happens when
+  a Quart-Trio route answered a request that said ``Connection: close``);
 - ``established``: an authenticated WebSocket connection (the hub's keepalive looks after it).
 
 A connection is *proven* once it has authenticated (a WebSocket connection at ``auth``, an HTTP
@@ -73,11 +74,15 @@ GLOBAL = "global"
 # Why the gate cut a connection (metric labels).
 EVICTED = "evicted"
 HEAD_TIMEOUT = "head_timeout"
+IDLE_TIMEOUT = "idle_timeout"
 SEND_TIMEOUT = "send_timeout"
 BODY_TIMEOUT = "body_timeout"
-CUT_REASONS = (EVICTED, HEAD_TIMEOUT, SEND_TIMEOUT, BODY_TIMEOUT)
+CUT_REASONS = (EVICTED, HEAD_TIMEOUT, IDLE_TIMEOUT, SEND_TIMEOUT, BODY_TIMEOUT)
 
 REFUSAL_LOG_INTERVAL_SECONDS = 60.0
+# An idle connection is cut this long after its idle timeout if it is still open (the owner's
+# own timer, Hypercorn's keep-alive, normally closes it first and more gently).
+IDLE_GRACE_SECONDS = 1.0
 REFUSAL_DRAIN_BYTES = 64 * 1024
 # An IPv6 client counts by this prefix: a single host commonly holds a whole /64.
 IPV6_PREFIX_LENGTH = 64
@@ -97,6 +102,9 @@ class Limits:
     head_timeout_seconds: float
     # At the global cap: cut the oldest pending/idle connection (True) or refuse (False).
     evict: bool
+    # An idle connection is closed after this long (None: no idle phase, or not the gate's
+    # business).
+    idle_timeout_seconds: float | None = None
 
 
 def address_key(host: str) -> str:
@@ -340,7 +348,24 @@ class ConnectionGate:
         """A request was answered; with none left in progress the connection is idle."""
         conn.requests = max(0, conn.requests - 1)
         if conn.requests == 0 and conn.phase == BUSY:
-            self._move(conn, IDLE)
+            idle = self.limits.idle_timeout_seconds
+            self._move(conn, IDLE, math.inf if idle is None
+                       else trio.current_time() + idle + IDLE_GRACE_SECONDS)
+
+    def close_answered(self, conn: Conn) -> None:
+        """The connection's last answer has been written and it is not kept alive: close it
+        (a FIN after the answer) and end its handler. (Hypercorn leaves it open when the app's
+        task is cancelled while closing, as Quart-Trio's is after a ``Connection: close``
+        request.)"""
+        if conn.released:
+            return
+        self.release(conn)
+        try:
+            conn.socket.close()
+        except OSError:
+            pass
+        if conn.scope is not None:
+            conn.scope.cancel()
 
     def attribute(self, conn: Conn, address: str) -> bool:
         """Count ``conn`` (from a trusted proxy) against the forwarded client ``address``.
@@ -457,7 +482,7 @@ class ConnectionGate:
             while self._deadlines and self._deadlines[0][0] <= now:
                 deadline, _, conn = heapq.heappop(self._deadlines)
                 if conn.deadline == deadline and not conn.released:
-                    self.cut_off(conn, HEAD_TIMEOUT)
+                    self.cut_off(conn, IDLE_TIMEOUT if conn.phase == IDLE else HEAD_TIMEOUT)
             if self._next_log_at != -math.inf and now >= self._next_log_at:
                 self._log_refusals()
             wake_at = self._deadlines[0][0] if self._deadlines else math.inf

@@ -275,3 +275,22 @@ async def test_a_reload_applies_new_caps(
         del first
 
 
+
+
+async def test_connection_close_is_honoured_on_every_route(
+        daemons: StartDaemon, make_config: Callable[..., Config], connect: Connect) -> None:
+    """A request that says Connection: close (or an HTTP/1.0 one) gets its answer and then the
+    end of the connection, on Quart's routes too (Hypercorn alone left those open when
+    Quart-Trio's task was cancelled while closing, until the client hung up)."""
+    with trio.fail_after(TIMEOUT):
+        r = await daemons(make_config())
+        port = port_of(r.http_url)
+        for raw in (b"GET /api/v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                    b"GET /api/v1/health HTTP/1.0\r\nHost: x\r\n\r\n",
+                    b"GET /no/such/page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"):
+            s = await connect(port, "127.0.0.2")
+            await s.send_all(raw)
+            data, how = await read_until_closed(s)
+            assert data.startswith((b"HTTP/1.1 200", b"HTTP/1.1 404")) and how == "eof", data
+        while len(r.daemon.http_gate):
+            await trio.sleep(0.01)

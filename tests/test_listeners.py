@@ -26,6 +26,7 @@ from rpad.listeners import (
     EVICTED,
     GLOBAL,
     HEAD_TIMEOUT,
+    IDLE_TIMEOUT,
     PER_ADDRESS,
     SEND_TIMEOUT,
     ConnectionGate,
@@ -526,3 +527,20 @@ async def test_websocket_behind_a_proxy_counts_the_forwarded_address(connect: Co
             third = await connect(port)
             await third.send_all(WS_HANDSHAKE + b"X-Forwarded-For: 198.51.100.1\r\n\r\n")
             assert (await third.receive_some()).startswith(b"HTTP/1.1 101")
+
+
+async def test_an_idle_connection_is_cut_if_its_keep_alive_timer_does_not_close_it(
+        autojump_clock: Any, connect: Connect) -> None:
+    """The gate's backstop: idle_timeout_seconds + IDLE_GRACE_SECONDS after the last answer
+    (here Hypercorn's own keep-alive is longer, as it is in effect when Hypercorn missed the
+    close)."""
+    async with http_server(limits(idle_timeout_seconds=5.0), keep_alive=1000.0) as srv:
+        conn = await connect(srv.port, "127.0.0.2")
+        assert (await request(conn)).startswith(b"HTTP/1.1 200")
+        t0 = trio.current_time()
+        await trio.sleep(5.9)
+        assert srv.gate.cut[IDLE_TIMEOUT] == 0
+        await trio.sleep(0.2)
+        assert srv.gate.cut[IDLE_TIMEOUT] == 1
+        assert await read_until_closed(conn) == (b"", "reset")
+        assert trio.current_time() - t0 == pytest.approx(6.1, abs=0.05)
