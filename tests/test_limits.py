@@ -86,20 +86,22 @@ async def test_half_open_http_requests_are_cut_at_the_header_timeout(
     r = await daemons(make_config(presence={"min_interval_seconds": 0}),
                       wall_clock=fake_wall_clock())
     port = port_of(r.http_url)
-    t0 = trio.current_time()
+    gate = r.daemon.http_gate
+    first = trio.current_time()  # no connection was accepted before this
     half = []
     for i in range(20):
         s = await connect(port, f"127.0.0.{2 + i % 4}")
         await s.send_all(HALF_OPEN)
         half.append(s)
-    await beat(r, "agent-1")
-    await trio.sleep_until(t0 + 9.5)
-    gate = r.daemon.http_gate
+    while gate.phases()["pending"] < 20:
+        await trio.sleep(0.001)
+    last = trio.current_time()  # nor after this
+    await trio.sleep_until(first + 9.5)
     # Read before the next request: while it waits on real sockets and the commit's worker
     # thread, the autojumping clock may move on past 10 s.
     assert gate.cut["head_timeout"] == 0
     await beat(r, "agent-1")
-    await trio.sleep_until(t0 + 10.5)
+    await trio.sleep_until(last + 10.5)
     assert gate.cut["head_timeout"] == 20
     for s in half:
         assert await read_until_closed(s) == (b"", "reset")

@@ -544,3 +544,25 @@ async def test_an_idle_connection_is_cut_if_its_keep_alive_timer_does_not_close_
         assert srv.gate.cut[IDLE_TIMEOUT] == 1
         assert await read_until_closed(conn) == (b"", "reset")
         assert trio.current_time() - t0 == pytest.approx(6.1, abs=0.05)
+
+
+async def test_a_head_in_pieces_is_served_and_an_oversized_one_refused(
+        connect: Connect) -> None:
+    """The first head is read before Hypercorn gets the connection (rpad/httpserve.py
+    read_head): pieces are put together, and a head still incomplete past Hypercorn's 16 KiB
+    limit is still Hypercorn's to refuse (431)."""
+    with trio.fail_after(TIMEOUT):
+        async with http_server(limits()) as srv:
+            s = await connect(srv.port, "127.0.0.2")
+            for piece in (b"POST / HT", b"TP/1.1\r\nHost: x\r\nContent-Le", b"ngth: 5\r\n\r",
+                          b"\nhel", b"lo"):
+                await s.send_all(piece)
+                await trio.sleep(0.01)
+            assert (await request(s, b"")).endswith(b"ok 5")
+            big = await connect(srv.port, "127.0.0.3")
+            await big.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: ")
+            for _ in range(5):  # 20 KiB of a head that does not end
+                await big.send_all(b"a" * 4096)
+                await trio.sleep(0.01)
+            data, _ = await read_until_closed(big)
+            assert data.startswith(b"HTTP/1.1 431"), data[:40]
