@@ -373,3 +373,27 @@ async def test_every_acknowledged_heartbeat_survives_kill_9_of_redis(
                     or c.last_heartbeat_at < at]
             assert lost == []
             n.cancel_scope.cancel()
+
+
+async def test_the_fleet_cap_holds_across_the_cluster(
+        daemons: StartDaemon, cluster_config: Callable[..., Config]) -> None:  # noqa: F811
+    """presence.max_clients counts the cluster's clients (each node's view of them): with a
+    cap of 3, two clients registered through a and one through b fill it for both."""
+    cap = {"presence": {"max_clients": 3, "min_interval_seconds": 0}}
+    a = await daemons(cluster_config("a", **cap))
+    b = await daemons(cluster_config("b", **cap))
+    with trio.fail_after(NETWORK_TIMEOUT_SECONDS):
+        for node, cid in ((a, "c1"), (a, "c2"), (b, "c3")):
+            assert (await node.heartbeat(cid)).status_code == 200
+        for node in (a, b):
+            while len(node.daemon.presence.view) < 3:  # type: ignore[union-attr]
+                await trio.sleep(0.01)
+            r = await node.heartbeat("c4")
+            assert r.status_code == 409 and r.json()["error"] == "fleet_full", r.text
+            r = await node.request("POST", "/api/v1/clients", json={"clientId": "c5"})
+            assert r.status_code == 409, r.text
+            assert (await node.heartbeat("c1")).status_code == 200  # known ones beat on
+        assert (await a.request("DELETE", "/api/v1/clients/c2")).status_code == 200
+        while len(b.daemon.presence.view) > 2:  # type: ignore[union-attr]
+            await trio.sleep(0.01)
+        assert (await b.heartbeat("c4")).status_code == 200

@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from ...config import PresenceConfig
-from ...core.errors import BackendUnavailable, RateLimited, UnknownClient
+from ...core.errors import BackendUnavailable, FleetFull, RateLimited, UnknownClient
 from ...core.model import (
     CLIENT_CONNECTED,
     CLIENT_DISCONNECTED,
@@ -124,6 +124,7 @@ class RedisPresence:
         self.registry.default_timeout_seconds = cfg.heartbeat_timeout_seconds
         self.registry.min_interval_seconds = cfg.min_interval_seconds
         self.registry.auto_register = cfg.registration == "auto"
+        self.registry.max_clients = cfg.max_clients
         self.history_per_client = cfg.history_per_client
         self.grace_seconds = cfg.grace_seconds
 
@@ -276,6 +277,18 @@ class RedisPresence:
                          peer: str | None) -> Applied[BeatResult]:
         if not beats:
             return Applied([], [])
+        reg = self.registry
+        if reg.full and reg.auto_register:
+            # presence.max_clients, checked against this node's view of the whole cluster
+            # (so nodes registering at the same moment may pass it by what is in flight).
+            refused = [reg.get(hb.client_id) is None for hb in beats]
+            if any(refused):
+                sent = [hb for hb, no in zip(beats, refused, strict=True) if not no]
+                applied = await self.heartbeats(sent, now, peer)
+                rest = iter(applied.results)
+                cap = reg.max_clients or 0
+                return Applied([FleetFull(cap) if no else next(rest) for no in refused],
+                               applied.events, applied.error)
         p = _Pending(beats, now, peer)
         self._pending.append(p)
         self._wake.set()
@@ -308,6 +321,9 @@ class RedisPresence:
         return Applied(results, events)
 
     async def register(self, reg: Registration, now: float) -> Applied[tuple[Client, bool]]:
+        view = self.registry
+        if view.full and view.get(reg.client_id) is None:  # as in heartbeats()
+            raise FleetFull(view.max_clients or 0)
         s = shard_of(reg.client_id)
         shard = self.keys.shard(s)
         created, flat = await self.link.script(SCRIPTS["register"], self.keys.shard_keys(s), [
