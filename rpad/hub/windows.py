@@ -129,13 +129,16 @@ class WindowPusher:
         get = self.registry.get
         page = tuple((cid, c.revision if (c := get(cid)) is not None else -1)
                      for cid in window.ids)
-        return (page, tuple(window.counts.values()), self.registry.view_generation)
+        return (page, tuple(window.counts.values()), self.registry.view_generation,
+                self.registry.max_clients)
 
     def _text(self, view: View, window: Window) -> str:
         get, vj = self.registry.get, self.registry.view_json
         servers = ",".join(vj(c) for cid in window.ids if (c := get(cid)) is not None)
+        cap = self.registry.max_clients
         data = (f'{{"view":{dumps(view.as_json())},"counts":{dumps(window.counts)},'
-                f'"servers":[{servers}]}}')
+                f'"servers":[{servers}]'
+                + ("" if cap is None else f',"maxClients":{int(cap)}') + "}")
         self.builds += 1
         state = self.fanout.state[TOPIC_SERVERS]
         state.seq += 1

@@ -500,6 +500,7 @@ function renderWindow() {
   const visible = state.page.map((id) => state.clients.get(id)).filter(Boolean);
   renderRows(visible);
   const n = state.counts || { total: 0, online: 0, offline: 0, unknown: 0, matching: 0 };
+  renderFleetBanner(n.total);
   let cpuSum = 0, cpuN = 0, memSum = 0, memN = 0;
   for (const c of visible) {
     if (c.status !== "online") continue;
@@ -566,6 +567,7 @@ function applyWindow(d) {
   state.clients = next;
   state.page = servers.map((s) => s.clientId);
   state.counts = d.counts || null;
+  state.maxClients = Number.isInteger(d.maxClients) ? d.maxClients : null;
   state.loaded = true;
   state.listAt = Date.now();
 }
