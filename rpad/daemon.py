@@ -283,6 +283,8 @@ class Daemon:
                              cluster=cluster.nodes if cluster is not None else None,
                              agents=agents)
         self.ws_gate = hub.listener_gate
+        # Agents' control channels: one per client (two while one replaces another).
+        hub.listener_gate.outside_cap = 2 * cfg.presence.max_clients if cfg.console.enabled else 0
         # The state topics exist before the hub accepts anyone.
         self.server_list = ServerListPusher(fanout, backend.view,
                                             lambda: self.config.push.interval_seconds,
@@ -315,8 +317,11 @@ class Daemon:
         assert self.presence is not None and self.hub is not None and self.alerts is not None
         presence, hub, alerts = self.presence, self.hub, self.alerts
 
-        ensure_file_limit(cfg.http.max_connections + cfg.websocket.max_connections,
-                          "http.max_connections + websocket.max_connections")
+        agents = cfg.presence.max_clients if cfg.console.enabled else 0
+        ensure_file_limit(cfg.http.max_connections + cfg.websocket.max_connections + agents,
+                          "http.max_connections + websocket.max_connections"
+                          + (" + presence.max_clients (agents' control channels)"
+                             if agents else ""))
         async with trio.open_nursery() as nursery:
             await nursery.start(run_backend)  # the view is loaded once it has started
             view = presence.view
@@ -473,6 +478,8 @@ class Daemon:
             self.alerts.reconfigure(new.alerts)
         if self.hub is not None:
             self.hub.reconfigure(new.websocket, frozenset(new.http.trusted_proxies))
+            self.hub.listener_gate.outside_cap = (2 * new.presence.max_clients
+                                                  if new.console.enabled else 0)
             self.agents.config = new.websocket
         # Caps apply to the next connection, timeouts to the next deadline.
         self.http_gate.limits = http_limits(new.http)

@@ -84,6 +84,9 @@ REFUSAL_LOG_INTERVAL_SECONDS = 60.0
 # own timer, Hypercorn's keep-alive, normally closes it first and more gently).
 IDLE_GRACE_SECONDS = 1.0
 REFUSAL_DRAIN_BYTES = 64 * 1024
+# Established connections of one owner that may be left out of max_connections (an agent's
+# control channel, and its successor while the old one is being noticed as gone).
+OUTSIDE_CAP_PER_OWNER = 2
 # An IPv6 client counts by this prefix: a single host commonly holds a whole /64.
 IPV6_PREFIX_LENGTH = 64
 # File descriptors kept beside the listeners' connections: the listening sockets, SQLite and
@@ -167,8 +170,8 @@ _REFUSED_GLOBAL = refusal_response(
 class Conn:
     """One accepted connection in a gate's table."""
 
-    __slots__ = ("_seq", "deadline", "host", "key", "phase", "port", "proven", "released",
-                 "requests", "scope", "since", "socket", "trusted")
+    __slots__ = ("_seq", "deadline", "host", "key", "outside_cap", "phase", "port", "proven",
+                 "released", "requests", "scope", "since", "socket", "trusted")
 
     def __init__(self, sock: trio.socket.SocketType, host: str, port: int, trusted: bool,
                  seq: int, now: float) -> None:
@@ -187,6 +190,8 @@ class Conn:
         # The handler's cancel scope, when the gate's owner runs the handler (HTTP).
         self.scope: trio.CancelScope | None = None
         self._seq = seq
+        # Whose budget this established connection is in, instead of max_connections.
+        self.outside_cap: str | None = None
 
     @property
     def counted(self) -> bool:
@@ -215,6 +220,10 @@ class ConnectionGate:
         self._idle_proven: dict[Conn, None] = {}
         self._active: Counter[str] = Counter()  # per address key: counted connections/requests
         self._deadlines: list[tuple[float, int, Conn]] = []
+        # Established connections left out of max_connections (see establish), by owner.
+        self.outside_cap = 0
+        self._outside: Counter[str] = Counter()
+        self._outside_total = 0
         self._seq = itertools.count()
         self._wake: trio.CancelScope | None = None
         # Counters (read by /metrics).
@@ -262,7 +271,8 @@ class ConnectionGate:
         if not conn.trusted and self._active[conn.key] >= limits.max_connections_per_address:
             self._refuse(sock, PER_ADDRESS, conn.key, _REFUSED_PER_ADDRESS)
             return None
-        if len(self._open) >= limits.max_connections and not (limits.evict and self._evict()):
+        in_cap = len(self._open) - self._outside_total
+        if in_cap >= limits.max_connections and not (limits.evict and self._evict()):
             self._refuse(sock, GLOBAL, conn.key, _REFUSED_GLOBAL)
             return None
         self.accepted += 1
@@ -385,11 +395,22 @@ class ConnectionGate:
         self._enter(conn, phase, deadline)
         return True
 
-    def establish(self, conn: Conn, *, long_lived: bool = False) -> None:
+    def establish(self, conn: Conn, *, long_lived: bool = False,
+                  outside_cap_for: str | None = None) -> None:
         """``conn`` authenticated: no longer counted against its address. ``long_lived``: a
-        WebSocket connection, established from now on (never evicted)."""
+        WebSocket connection, established from now on (never evicted). ``outside_cap_for``: an
+        owner (an agent's client id) whose long-lived connections are bounded by the fleet
+        rather than by ``max_connections``: at most ``OUTSIDE_CAP_PER_OWNER`` per owner and
+        ``outside_cap`` in all are left out of ``max_connections``; more count as usual."""
         if conn.released:
             return
+        owner = outside_cap_for
+        if (owner is not None and conn.outside_cap is None
+                and self._outside[owner] < OUTSIDE_CAP_PER_OWNER
+                and self._outside_total < self.outside_cap):
+            conn.outside_cap = owner
+            self._outside[owner] += 1
+            self._outside_total += 1
         phase = ESTABLISHED if long_lived else conn.phase
         deadline = conn.deadline if phase == conn.phase else math.inf
         self._leave(conn)
@@ -402,6 +423,11 @@ class ConnectionGate:
             return
         self._leave(conn)
         conn.released = True
+        if conn.outside_cap is not None:
+            self._outside[conn.outside_cap] -= 1
+            if self._outside[conn.outside_cap] <= 0:
+                del self._outside[conn.outside_cap]
+            self._outside_total -= 1
         if self._open.get((conn.host, conn.port)) is conn:
             del self._open[(conn.host, conn.port)]
 
@@ -495,6 +521,7 @@ class ConnectionGate:
     def snapshot(self) -> dict[str, Any]:
         """For /metrics: open connections by phase, the caps, and the counters."""
         return {"phases": self.phases(), "accepted": self.accepted,
+                "outside_cap": self._outside_total,
                 "limits": {"max_connections": self.limits.max_connections,
                            "max_connections_per_address": self.limits.max_connections_per_address},
                 "refused": dict(self.refused), "cut": dict(self.cut)}

@@ -7,6 +7,7 @@ Socket counts stay small here (tens); the thousands are bench/hostile.py's.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -452,8 +453,10 @@ async def ws_server(lim: Limits, trusted: tuple[str, ...] = ()) -> AsyncIterator
                 gate.finish(conn)
                 return
             ws = await request.accept()
-            if await ws.get_message() == "token":
-                gate.establish(conn, long_lived=True)
+            said = await ws.get_message()
+            if said == "token" or str(said).startswith("agent:"):
+                gate.establish(conn, long_lived=True,
+                               outside_cap_for=str(said)[6:] if said != "token" else None)
                 await ws.send_message("welcome")
                 await trio.sleep_forever()
         finally:
@@ -566,3 +569,29 @@ async def test_a_head_in_pieces_is_served_and_an_oversized_one_refused(
                 await trio.sleep(0.01)
             data, _ = await read_until_closed(big)
             assert data.startswith(b"HTTP/1.1 431"), data[:40]
+
+
+async def test_agents_channels_are_bounded_by_the_fleet_not_the_hubs_cap(
+        connect: Connect) -> None:
+    """Established connections the hub marks as an agent's control channel are left out of
+    max_connections (which is the dashboards'), at most two per agent and outside_cap in all;
+    beyond that they count like any other."""
+    with trio.fail_after(TIMEOUT):
+        async with ws_server(limits(max_connections=2, evict=False)) as (gate, port):
+            gate.outside_cap = 3
+            url = f"ws://127.0.0.1:{port}/ws"
+            async with contextlib.AsyncExitStack() as stack:
+                async def opened(said: str) -> Any:
+                    ws = await stack.enter_async_context(open_websocket_url(url))
+                    await ws.send_message(said)
+                    assert await ws.get_message() == "welcome"
+                    return ws
+
+                for said in ("agent:a", "agent:a", "agent:b"):  # three outside the cap
+                    await opened(said)
+                await opened("token")
+                await opened("agent:a")  # a's third: inside the cap
+                assert gate.snapshot()["outside_cap"] == 3 and len(gate) == 5
+                data, _ = await read_until_closed(await connect(port, "127.0.0.2"))
+                assert data.startswith(b"HTTP/1.1 503"), data
+                assert gate.refused[GLOBAL] == 1

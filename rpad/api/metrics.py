@@ -285,8 +285,12 @@ def _listener_families(gates: Iterable[ListenerStats]) -> Iterable[Metric]:
         "rpad_listener_connections_cut",
         "Connections cut by rpad: evicted to make room, request head or handshake too late, "
         "a peer that stopped reading, a body too slow (408).", labels=["listener", "reason"])
+    outside = GaugeMetricFamily("rpad_listener_connections_outside_cap",
+                                "Established connections bounded by the fleet instead of the "
+                                "listener's cap (agents' control channels).", labels=["listener"])
     for gate in gates:
         snap = gate.snapshot()
+        outside.add_metric([gate.name], snap.get("outside_cap", 0))
         for phase, n in snap["phases"].items():
             open_.add_metric([gate.name, phase], n)
         cap.add_metric([gate.name], snap["limits"]["max_connections"])
@@ -295,7 +299,7 @@ def _listener_families(gates: Iterable[ListenerStats]) -> Iterable[Metric]:
             refused.add_metric([gate.name, reason], n)
         for reason, n in sorted(snap["cut"].items()):
             cut.add_metric([gate.name, reason], n)
-    yield from (open_, cap, accepted, refused, cut)
+    yield from (open_, cap, outside, accepted, refused, cut)
 def _cluster_families(snap: Mapping[str, Any]) -> Iterable[Metric]:
     """A cluster node's figures (:meth:`RedisCluster.metrics_snapshot`)."""
     yield GaugeMetricFamily("rpad_cluster_backend_up",

@@ -290,8 +290,13 @@ class Hub:
         if authenticated is None:
             return
         principal, method, batch = authenticated
-        # Authenticated: no longer counted against its address, never cut to make room.
-        self.listener_gate.establish(conn, long_lived=True)
+        # Authenticated: no longer counted against its address, never cut to make room. An
+        # agent's control channel is bounded by the fleet (presence.max_clients, at most two
+        # per client), not by websocket.max_connections, which is the dashboards'.
+        agent_channel = (path == AGENT_PATH and self.agents is not None
+                         and principal.role == "agent")
+        self.listener_gate.establish(conn, long_lived=True,
+                                     outside_cap_for=principal.sub if agent_channel else None)
         if path == AGENT_PATH and self.agents is not None:
             if principal.role != "agent":
                 await self._refuse(ws, CLOSE_FORBIDDEN,
