@@ -43,6 +43,7 @@ class FakeRpad:
     async def handler(self, request: WebSocketRequest) -> None:
         self.handshakes += 1
         auth = dict(request.headers).get(b"authorization", b"").decode()
+        self.user_agent = dict(request.headers).get(b"user-agent", b"").decode()
         if self.refuse or auth != f"Bearer {TOKEN}":
             await request.reject(401, body=b'{"error":"unauthorized"}')
             return
@@ -107,6 +108,8 @@ async def test_hello_advertises_capabilities(nursery: trio.Nursery, fake: FakeRp
         await fake.connected.wait()
     assert fake.hello is not None
     assert fake.hello["protocol"] == 1 and fake.hello["agentVersion"] == "test 1"
+    # How the channel identifies itself to proxies and limits (besides its path and token).
+    assert fake.user_agent.startswith("rpad-agent/") and "control channel" in fake.user_agent
     caps = fake.hello["capabilities"]
     assert caps["commands"] is True and caps["allowlist"] == ["uptime", "df -h"]
     assert caps["shell"] is False and caps["pty"] is False

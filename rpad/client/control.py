@@ -55,6 +55,7 @@ from urllib.parse import urlsplit, urlunsplit
 import trio
 from trio_websocket import WebSocketConnection
 
+from .. import __version__
 from . import httpclient, wsclient
 from . import policy as policy_mod
 from .backoff import Backoff
@@ -152,7 +153,8 @@ class ControlChannel:
                 url = self.control_url or await self._discover()
                 async with wsclient.connect(
                         url, self.token, max_message_bytes=MAX_MESSAGE_BYTES,
-                        connect_timeout_seconds=self.connect_timeout_seconds) as ws:
+                        connect_timeout_seconds=self.connect_timeout_seconds,
+                        user_agent=f"rpad-agent/{__version__} (control channel)") as ws:
                     await self._session(ws, url)
                 delay = self.backoff.next_delay()
                 why = "the connection ended"

@@ -104,8 +104,10 @@ async def _open_stream(url: str, t: httpclient.Target, timeout: float) -> trio.a
 
 
 async def _handshake(nursery: trio.Nursery, stream: EofAwareStream, t: httpclient.Target,
-                     token: str, timeout: float, max_message_bytes: int) -> WebSocketConnection:
-    headers = [(b"Authorization", f"Bearer {token}".encode())]
+                     token: str, timeout: float, max_message_bytes: int,
+                     user_agent: str) -> WebSocketConnection:
+    headers = [(b"Authorization", f"Bearer {token}".encode()),
+               (b"User-Agent", user_agent.encode())]
     done: list[WebSocketConnection] = []
     with trio.move_on_after(timeout):
         async with trio.open_nursery() as race:
@@ -167,6 +169,7 @@ def translate(group: BaseExceptionGroup[BaseException]) -> BaseException:
 @asynccontextmanager
 async def connect(url: str, token: str, *, max_message_bytes: int,
                   connect_timeout_seconds: float = CONNECT_TIMEOUT_SECONDS,
+                  user_agent: str = httpclient.USER_AGENT,
                   ) -> AsyncIterator[WebSocketConnection]:
     """A connection to ``url`` (``ws://`` or ``wss://``) for the block's duration."""
     try:
@@ -178,7 +181,7 @@ async def connect(url: str, token: str, *, max_message_bytes: int,
     try:
         async with trio.open_nursery() as nursery:
             ws = await _handshake(nursery, watched, t, token, connect_timeout_seconds,
-                                  max_message_bytes)
+                                  max_message_bytes, user_agent)
             try:
                 yield ws
             finally:

@@ -25,7 +25,8 @@ not count against ``websocket.max_connections_per_user``, and they are listed by
 limited more loosely than a dashboard's (output is paced by credit instead).
 
 How a channel identifies itself (for proxies and limits): the path ``/api/v1/agent/ws``, an
-``Authorization: Bearer`` agent token, and the ``User-Agent: rpad-agent/<version>`` header.
+``Authorization: Bearer`` agent token, and the ``User-Agent: rpad-agent/<version> (control
+channel)`` header.
 
 Resource handling: one :class:`AgentLink` per channel, in the hub's handler nursery; when it
 ends, its commands are failed as lost (the agent kills them) within a shielded clean-up.
