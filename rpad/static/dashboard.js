@@ -377,46 +377,7 @@ function render() {
   }
   const visible = all.filter(matches).sort(compare);
 
-  // Rows: create, update, drop, and order with as few DOM moves as possible.
-  const keep = new Set();
-  for (const c of visible) {
-    let r = state.rows.get(c.clientId);
-    if (!r) {
-      r = createRow(c.clientId);
-      state.rows.set(c.clientId, r);
-    }
-    updateRow(r, c);
-    keep.add(c.clientId);
-  }
-  for (const [id, r] of state.rows) {
-    if (!keep.has(id)) {
-      r.tr.remove();
-      state.rows.delete(id);
-    }
-  }
-  const tbody = ui.rows;
-  visible.forEach((c, i) => {
-    const tr = state.rows.get(c.clientId).tr;
-    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
-  });
-  for (const id of state.flashes) {
-    const r = state.rows.get(id);
-    if (r) {
-      r.tr.classList.remove("flash");
-      void r.tr.offsetWidth; // restart the animation
-      r.tr.classList.add("flash");
-    }
-  }
-  state.flashes.clear();
-  for (const id of state.beats) {
-    const r = state.rows.get(id);
-    if (r) {
-      r.beatDot.classList.remove("beating");
-      void r.beatDot.offsetWidth;
-      r.beatDot.classList.add("beating");
-    }
-  }
-  state.beats.clear();
+  renderRows(visible);
 
   // Counts and summary.
   const total = all.length;
@@ -453,6 +414,7 @@ function render() {
   }
 }
 
+// Rows: create, update, drop, and order with as few DOM moves as possible.
 function renderRows(visible) {
   const keep = new Set();
   for (const c of visible) {
