@@ -26,21 +26,14 @@ import json
 import logging
 import os
 import signal
-import ssl
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import trio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
+from trio_websocket import WebSocketConnection
 
-from . import httpclient
+from . import httpclient, wsclient
 from .agent import add_token_arguments, read_token
 from .backoff import Backoff
 
@@ -53,7 +46,6 @@ ESTABLISH_TIMEOUT_SECONDS = 15.0
 PING_INTERVAL_SECONDS = 30.0
 PONG_TIMEOUT_SECONDS = 30.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-REFUSED_CLOSE_CODES = {4001: "unauthorized", 4003: "forbidden", 4009: "token expired"}
 CONTROL_TYPES = frozenset({"CONNECTION_ESTABLISHED", "SUBSCRIBED", "UNSUBSCRIBED", "PONG",
                            "ERROR"})
 EXIT_OK = 0
@@ -61,12 +53,10 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
-class TokenRefused(Exception):
-    """The hub refused the token; retrying cannot help."""
-
-
-class _Lost(Exception):
-    """The connection is gone (or never came up); retry."""
+# The hub refused the token (retrying cannot help); the connection is gone or never came up
+# (retry). The hub connection itself is wsclient's, shared with the agent's control channel.
+TokenRefused = wsclient.Refused
+_Lost = wsclient.Lost
 
 
 class OutputClosed(Exception):
@@ -149,34 +139,6 @@ def format_line(msg: dict[str, Any], pretty: bool) -> str:
     return json.dumps(msg, ensure_ascii=False, separators=(",", ":"))
 
 
-class _EofAwareStream(trio.abc.Stream):
-    """A stream that tells when the peer has closed it (``eof``), so that a handshake the
-    server abandons is noticed at once rather than at the connect timeout."""
-
-    def __init__(self, inner: trio.abc.Stream) -> None:
-        self.inner = inner
-        self.eof = trio.Event()
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        try:
-            data = await self.inner.receive_some(max_bytes)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.eof.set()
-            raise
-        if not data:
-            self.eof.set()
-        return bytes(data)
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.inner.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.inner.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 # -- the watcher ---------------------------------------------------------------------------------
 
 
@@ -235,106 +197,16 @@ class Watcher:
             await trio.sleep(delay)
 
     async def session(self) -> None:
-        """One connection, from TCP connect to loss. Raises _Lost, TokenRefused or
-        OutputClosed.
-
-        The TCP stream is opened and closed here, not by trio-websocket: its
-        ``open_websocket_url`` leaves the socket to the garbage collector when the handshake
-        fails or is cancelled.
-        """
+        """One connection, from TCP connect to loss (:func:`wsclient.connect`: the stream
+        is opened and closed there, and the library's errors come out as Refused or Lost).
+        Raises _Lost, TokenRefused or OutputClosed."""
         self._established = False
-        t = httpclient.parse_url(self.url, httpclient.WS_SCHEMES)
-        try:
-            with trio.fail_after(self.connect_timeout_seconds):
-                if t.secure:
-                    stream: trio.abc.Stream = await trio.open_ssl_over_tcp_stream(
-                        t.host, t.port, ssl_context=ssl.create_default_context(),
-                        https_compatible=True)
-                else:
-                    stream = await trio.open_tcp_stream(t.host, t.port)
-        except trio.TooSlowError:
-            raise _Lost(f"cannot connect to {self.url}: no answer within "
-                        f"{self.connect_timeout_seconds:g} s") from None
-        except OSError as exc:
-            raise _Lost(f"cannot connect to {self.url}: {_reason(exc)}") from None
-        watched = _EofAwareStream(stream)
-        try:
-            raise await self._connection(watched, t)
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    async def _connection(self, stream: _EofAwareStream, t: httpclient.Target) -> Exception:
-        """Run the WebSocket over ``stream`` until it ends; return why it ended."""
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await self._handshake(nursery, stream, t)
-                await self._converse(ws, nursery)
-        except BaseExceptionGroup as group:  # the library's reader task runs in the nursery
-            return self._why(group)
-        return _Lost("connection ended")  # pragma: no cover - _converse never returns
-
-    async def _handshake(self, nursery: trio.Nursery, stream: _EofAwareStream,
-                         t: httpclient.Target) -> WebSocketConnection:
-        headers = [(b"Authorization", f"Bearer {self.token}".encode())]
-        done: list[WebSocketConnection] = []
-        with trio.move_on_after(self.connect_timeout_seconds):
-            async with trio.open_nursery() as race:
-
-                async def shake() -> None:
-                    # Typed for trio's own streams; any trio.abc.Stream works.
-                    done.append(await wrap_client_stream(
-                        nursery, stream, t.host_header, t.target,  # type: ignore[arg-type]
-                        extra_headers=headers, max_message_size=MAX_MESSAGE_BYTES))
-                    race.cancel_scope.cancel()
-
-                async def eof() -> None:
-                    await stream.eof.wait()
-                    race.cancel_scope.cancel()
-
-                race.start_soon(shake)
-                race.start_soon(eof)
-        if done:
-            return done[0]
-        if stream.eof.is_set():
-            raise _Lost("the server closed the connection during the WebSocket handshake")
-        raise _Lost(f"no WebSocket handshake within {self.connect_timeout_seconds:g} s")
-
-    def _why(self, group: BaseExceptionGroup[BaseException]) -> Exception:
-        """The first real reason in an exception group; a group of Cancelled is re-raised."""
-        leaves: list[BaseException] = []
-
-        def flatten(e: BaseException) -> None:
-            if isinstance(e, BaseExceptionGroup):
-                for sub in e.exceptions:
-                    flatten(sub)
-            elif not isinstance(e, trio.Cancelled):
-                leaves.append(e)
-
-        flatten(group)
-        if not leaves:
-            raise group
-        exc = leaves[0]
-        if isinstance(exc, TokenRefused | _Lost | OutputClosed):
-            return exc
-        if isinstance(exc, ConnectionRejected):
-            body = (exc.body or b"").decode("utf-8", "replace")
-            if exc.status_code in (401, 403):
-                return TokenRefused(f"HTTP {exc.status_code} {_message_of(body)}".rstrip())
-            return _Lost(f"the hub rejected the connection (HTTP {exc.status_code})")
-        if isinstance(exc, ConnectionClosed):
-            return self._closed(exc)
-        if isinstance(exc, HandshakeError | OSError | trio.BrokenResourceError
-                      | trio.ClosedResourceError):
-            return _Lost(f"connection lost: {_reason(exc)}")
-        raise group
-
-    def _closed(self, exc: ConnectionClosed) -> Exception:
-        code = exc.reason.code if exc.reason is not None else None
-        reason = (exc.reason.reason or "") if exc.reason is not None else ""
-        if code in REFUSED_CLOSE_CODES:
-            return TokenRefused(f"{code} {REFUSED_CLOSE_CODES[code]}"
-                                + (f": {reason}" if reason else ""))
-        return _Lost(f"connection closed ({code}{' ' + reason if reason else ''})")
+        async with (
+            wsclient.connect(self.url, self.token, max_message_bytes=MAX_MESSAGE_BYTES,
+                             connect_timeout_seconds=self.connect_timeout_seconds) as ws,
+            trio.open_nursery() as nursery,
+        ):
+            await self._converse(ws, nursery)
 
     async def _converse(self, ws: WebSocketConnection, nursery: trio.Nursery) -> None:
         """Wait for CONNECTION_ESTABLISHED, subscribe, then print until the connection ends
@@ -419,22 +291,6 @@ def _parse(text: str | bytes) -> dict[str, Any] | None:
         log.warning("ignoring a message that is not JSON")
         return None
     return msg if isinstance(msg, dict) else None
-
-
-def _message_of(body: str) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return body[:200]
-    if isinstance(data, dict) and "message" in data:
-        return f"{data.get('error', '')}: {data['message']}".lstrip(": ")
-    return body[:200]
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 # -- the command ---------------------------------------------------------------------------------

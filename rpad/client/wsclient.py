@@ -22,6 +22,7 @@ nursery inside the block.
 
 from __future__ import annotations
 
+import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -81,6 +82,17 @@ class EofAwareStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def _message_of(body: str) -> str:
+    """An rpad error body's ``error: message``; any other body's first 200 characters."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return body[:200]
+    if isinstance(data, dict) and "message" in data:
+        return f"{data.get('error', '')}: {data['message']}".lstrip(": ")
+    return body[:200]
 
 
 def reason(exc: BaseException) -> str:
@@ -151,8 +163,8 @@ def translate(group: BaseExceptionGroup[BaseException]) -> BaseException:
     if isinstance(exc, ConnectionRejected):
         status = exc.status_code
         if status in (401, 403):
-            body = (exc.body or b"").decode("utf-8", "replace")[:200]
-            return Refused(f"HTTP {status} {body}".rstrip())
+            body = (exc.body or b"").decode("utf-8", "replace")
+            return Refused(f"HTTP {status} {_message_of(body)}".rstrip())
         return Lost(f"the hub rejected the connection (HTTP {status})", status)
     if isinstance(exc, ConnectionClosed):
         code = exc.reason.code if exc.reason is not None else None
