@@ -61,7 +61,7 @@ from common import (
     rpad_config,
     rss_bytes,
 )
-from trio_websocket import open_websocket_url
+from trio_websocket import connect_websocket_url, open_websocket_url
 
 HALF_OPEN = b"POST /api/v1/client/heartbeat HTTP/1.1\r\nHost: rpad\r\n"
 ATTACK_CONNECTIONS = 5000
@@ -466,13 +466,20 @@ async def leaked_token_run(work: Path, seconds: float, lift: tuple[str, ...]) ->
             if stream is not None:
                 await stream.aclose()
         rss = rss_bytes(rpad.pid)
-        async with open_websocket_url(f"{rpad.ws_url}?token={rpad.token('viewer', 'd')}",
-                                      max_message_size=1 << 30) as ws:
+        # Read one SERVER_LIST, then drop the connection without a closing handshake: with an
+        # unbounded fleet the list takes long enough that rpad's keepalive ping can arrive
+        # during a graceful close, and trio-websocket then fails to answer it (Pong in
+        # LOCAL_CLOSING).
+        async with trio.open_nursery() as nursery:
+            ws = await connect_websocket_url(
+                nursery, f"{rpad.ws_url}?token={rpad.token('viewer', 'd')}",
+                max_message_size=1 << 30)
             await ws.send_message(json.dumps({"action": "subscribe", "topic": "servers"}))
             while True:
                 text = await ws.get_message()
                 if '"type":"SERVER_LIST"' in text[:40]:
                     break
+            nursery.cancel_scope.cancel()
         clients = len(json.loads(text)["data"]["servers"])
     return {"attempted": n, "registered": registered, "refused": refused, "clients": clients,
             "rss_mib": rss / MIB, "server_list_mib": len(text.encode()) / MIB}
