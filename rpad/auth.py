@@ -16,6 +16,7 @@ import secrets as pysecrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,24 +35,31 @@ MIN_SECRET_BYTES = 16
 TOKEN_CACHE_SIZE = 10_000
 MAX_TOKEN_CHARS = 8192
 CREDENTIAL_NAME = "jwt.secret"
-# The longest lifetime a token can be minted with (ten years); longer is what "never" is for.
-MAX_TTL_SECONDS = 10 * 366 * 86400
+# The longest lifetime a token can be minted with: 523 weeks (3661 days, ten years and a
+# week); longer is what "never" is for. A whole number of every unit of TTL_UNITS, so that the
+# OpenAPI document can state the limit exactly (rpad.api.schemas.ttl_pattern).
+MAX_TTL_SECONDS = 523 * 7 * 86400
+# A lifetime's units, in seconds; no unit is seconds.
+TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TTL_RE = re.compile(r"([0-9]+(?:[.][0-9]+)?)([smhdw]?)")
 
 
 def parse_ttl(text: str) -> float | None:
-    """``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"3600"`` → seconds; ``"never"`` → None."""
+    """``"90s"``, ``"15m"``, ``"1h"``, ``"30d"``, ``"2w"``, ``"3600"`` → seconds; ``"never"``
+    → None. ASCII digits only; the limits are compared exactly (in decimal), so that the
+    document's pattern and this function agree on every string. Raises ValueError."""
     if text == "never":
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)([smhdw]?)", text.strip())
+    m = _TTL_RE.fullmatch(text)
     if not m:
-        raise ValueError(f"{text!r} is not a duration such as 90s, 15m, 1h, 30d or never")
-    unit = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
-    seconds = float(m.group(1)) * unit
-    if seconds <= 0:
+        raise ValueError(f"{text[:64]!r} is not a duration such as 90s, 15m, 1h, 30d or never")
+    number, unit = Decimal(m.group(1)), TTL_UNITS[m.group(2)]
+    if number <= 0:
         raise ValueError("a token lifetime must be positive")
-    if seconds > MAX_TTL_SECONDS:
-        raise ValueError("a token lifetime must be at most 10 years (or never)")
-    return seconds
+    if number > MAX_TTL_SECONDS // unit:  # (exact: Decimal against an int, no rounding)
+        raise ValueError(f"a token lifetime must be at most {MAX_TTL_SECONDS // 604800} weeks "
+                         f"({MAX_TTL_SECONDS // 86400} days), or never")
+    return float(number) * unit
 
 
 def _alg_of_public_key(key: Any) -> str:

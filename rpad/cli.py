@@ -135,7 +135,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     if args.secret_file:
         cfg = attrs.evolve(cfg, auth=attrs.evolve(cfg.auth, secret_file=args.secret_file))
     try:
-        ttl = parse_ttl(args.ttl)
+        ttl = parse_ttl(args.ttl.strip())
         # Only on the built-in defaults may a first `rpad token` create the secret that
         # `rpad serve` will then use. With a config, a missing secret means the wrong place
         # (e.g. a systemd credential): refuse rather than sign with a new, unknown secret.

@@ -353,13 +353,17 @@ def test_require_client_access(role: str, sub: str, write: bool, allowed: bool) 
 @pytest.mark.parametrize(("text", "seconds"), [
     ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0), ("30d", 2_592_000.0), ("2w", 1_209_600.0),
     ("3600", 3600.0), ("1.5h", 5400.0), ("never", None),
+    # The longest: 523 weeks, in any unit.
+    ("523w", 316_310_400.0), ("3661d", 316_310_400.0), ("0003661.000d", 316_310_400.0),
+    ("316310400", 316_310_400.0),
 ])
 def test_parse_ttl(text: str, seconds: float | None) -> None:
     assert parse_ttl(text) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "0s", "-1h", "1y", "soon", "1" + "0" * 400 + "d",
-                                  "99999999999999d"])
+                                  "99999999999999d", "0.000w", "523.0000000000000000000000000001w",
+                                  "316310401", "3661d ", " 30d", "\u0663\u0660d", "1_0d", "1e3s"])
 def test_parse_ttl_refuses(text: str) -> None:
     with pytest.raises(ValueError):
         parse_ttl(text)

@@ -84,6 +84,7 @@ class Serve:
         self.stderr_path = tmp_path / f"{name}.stderr"
         self.proc: trio.Process | None = None
         self.http_url = ""
+        self.ws_url: str | None = None
 
     async def start(self, wait_listening: bool = True) -> None:
         err = await trio.to_thread.run_sync(open, self.stderr_path, "wb")
@@ -96,7 +97,8 @@ class Serve:
             return
         assert self.proc.stdout is not None
         with trio.fail_after(START_TIMEOUT_SECONDS):
-            self.http_url, _, _ = await read_serve_banner(self.proc.stdout, self.stderr)
+            self.http_url, self.ws_url, _ = await read_serve_banner(self.proc.stdout,
+                                                                    self.stderr)
 
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")

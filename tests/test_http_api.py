@@ -463,8 +463,20 @@ VALIDATION_CASES: list[tuple[str, Any, list[dict[str, str]]]] = [
     (HB, {"clientId": "a", "metadata": [1]},
      [{"field": "metadata", "message": "must be a JSON object, got an array"}]),
     (HB, {"clientId": "a", "ipAddress": "1.1.1.1", "ip_address": "2.2.2.2"},
-     [{"field": "ipAddress",
-       "message": "given twice, as ipAddress and ip_address, with different values"}]),
+     [{"field": "ipAddress", "message": "given twice, as ipAddress and ip_address: send one of "
+                                       "them"}]),
+    # One spelling per field, even with equal values (the OpenAPI document says so exactly).
+    (HB, {"clientId": "a", "client_id": "a"},
+     [{"field": "clientId", "message": "given twice, as clientId and client_id: send one of "
+                                       "them"}]),
+    ("/api/v1/clients", {"clientId": "a", "heartbeatTimeoutSeconds": 60,
+                         "heartbeat_timeout_seconds": 60},
+     [{"field": "heartbeatTimeoutSeconds", "message": "given twice, as heartbeatTimeoutSeconds "
+                                                      "and heartbeat_timeout_seconds: send one "
+                                                      "of them"}]),
+    # A metric in both spellings: both are checked.
+    (HB, {"clientId": "a", "metrics": {"cpuUsagePercent": 5, "cpu_usage_percent": "x"}},
+     [{"field": "metrics.cpuUsagePercent", "message": "must be a number, got a string"}]),
     ("/api/v1/clients", {"clientId": "a", "heartbeat_timeout_seconds": 0, "tags": ["ok", 7]},
      [{"field": "tags[1]", "message": "must be a string of 1 to 64 printable characters"},
       {"field": "heartbeatTimeoutSeconds", "message": "must be at least 1, got 0"}]),
@@ -477,6 +489,9 @@ VALIDATION_CASES: list[tuple[str, Any, list[dict[str, str]]]] = [
      [{"field": "heartbeats", "message": "must hold at most 1000 heartbeats, got 1001"}]),
     ("/api/v1/clients/a/tokens", {"ttl": "forever"},
      [{"field": "ttl", "message": "'forever' is not a duration such as 90s, 15m, 1h, 30d "
+                                  "or never"}]),
+    ("/api/v1/clients/a/tokens", {"ttl": "3662d"},
+     [{"field": "ttl", "message": "a token lifetime must be at most 523 weeks (3661 days), "
                                   "or never"}]),
 ]
 
@@ -505,6 +520,16 @@ async def test_422_query_and_path_parameters(boot: Boot) -> None:
              [{"field": "limit", "message": "must be an integer"}]),
             ("/api/v1/clients?limit=0", "invalid query parameter: limit",
              [{"field": "limit", "message": "must be from 1 to 10000"}]),
+            # As the document types them: no empty value, no sign but -, no "_" or spaces.
+            ("/api/v1/clients?limit=", "invalid query parameter: limit",
+             [{"field": "limit", "message": "must be an integer"}]),
+            ("/api/v1/clients?limit=1_0", "invalid query parameter: limit",
+             [{"field": "limit", "message": "must be an integer"}]),
+            ("/api/v1/clients?offset=%2B1", "invalid query parameter: offset",
+             [{"field": "offset", "message": "must be an integer"}]),
+            ("/api/v1/clients?limit=" + "9" * 5000, "invalid query parameter: limit",
+             [{"field": "limit", "message": "must be from 1 to 10000"}]),
+
             ("/api/v1/clients?offset=-1", "invalid query parameter: offset",
              [{"field": "offset", "message": "must be from 0 to 1000000000"}]),
             ("/api/v1/clients/a/events?limit=5000", "invalid query parameter: limit",
@@ -517,6 +542,11 @@ async def test_422_query_and_path_parameters(boot: Boot) -> None:
             r = await rpad.request("GET", path)
             assert (r.status_code, r.json()) == (422, err("validation_failed", message,
                                                           details)), path
+        r = await rpad.request("POST", "/api/v1/websocket/ping/u?timeoutSeconds=1_0")
+        assert (r.status_code, r.json()) == (422, err(
+            "validation_failed", "invalid query parameter: timeoutSeconds",
+            [{"field": "timeoutSeconds",
+              "message": "must be a number of seconds above 0 and at most 30"}]))
 
 
 async def test_429_heartbeats_faster_than_the_minimum_interval(
@@ -732,6 +762,31 @@ async def test_register_read_remove_and_events(boot: Boot) -> None:
         assert r.status_code == 404
         r = await rpad.request("GET", "/api/v1/clients/r1/events")
         assert r.status_code == 404
+
+
+async def test_an_integer_client_id_is_its_decimal_string_on_every_route(boot: Boot) -> None:
+    """What Schemathesis reported as "created resource not found" (POST /api/v1/clients
+    {"clientId": 2789}, then 404 from GET /api/v1/client/heartbeat/status/2789): the id is
+    found on every route, by every role that may read it, until a DELETE removes it (which its
+    stateful run had done in between, and left out of its reproduction)."""
+    with trio.fail_after(20):
+        rpad = await boot()
+        for raw, cid in ((2789, "2789"), (274.0, "274")):
+            r = await rpad.request("POST", "/api/v1/clients", json={"clientId": raw,
+                                                                    "name": "n"})
+            assert (r.status_code, r.json()["clientId"]) == (201, cid)
+            paths = (f"/api/v1/client/heartbeat/status/{cid}", f"/api/v1/clients/{cid}",
+                     f"/api/v1/clients/{cid}/events")
+            for path in paths:
+                for role, sub in (("admin", "a"), ("viewer", "v"), ("service", "s")):
+                    r = await rpad.request("GET", path, role=role, sub=sub)
+                    assert (r.status_code, r.json()["clientId"]) == (200, cid), (path, role)
+            r = await rpad.request("GET", paths[0], role="agent", sub=cid)
+            assert r.status_code == 200 and r.json()["clientId"] == cid
+            assert (await rpad.request("DELETE", f"/api/v1/clients/{cid}")).status_code == 200
+            for path in paths:
+                r = await rpad.request("GET", path)
+                assert (r.status_code, r.json()["error"]) == (404, "unknown_client"), path
 
 
 async def test_mint_and_revoke_agent_tokens(boot: Boot) -> None:

@@ -7,10 +7,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 
 from rpad.api.openapi import PATH_PARAMETERS, undocumented
+from rpad.api.schemas import components, decimal_in, ttl_pattern
+from rpad.auth import MAX_TTL_SECONDS, TTL_UNITS, parse_ttl
 
 from .conftest import Running
 
@@ -108,3 +112,52 @@ async def test_the_reference_page(rpad: Running) -> None:
     for name in ("CONNECTION_ESTABLISHED", "CLIENT_DISCONNECTED", "SERVER_LIST_DELTA",
                  "subscribe", "ClientView"):
         assert name in page
+
+
+# -- the document says exactly what the validators accept ----------------------------------
+
+
+def _accepted(text: str) -> bool:
+    try:
+        parse_ttl(text)
+    except ValueError:
+        return False
+    return True
+
+
+_DIGITS = st.text("0123456789", min_size=1, max_size=12)
+_TTLS = st.builds(lambda i, f, u: i + ("." + f if f else "") + u, _DIGITS,
+                  st.one_of(st.just(""), _DIGITS), st.sampled_from(sorted(TTL_UNITS)))
+
+
+@settings(max_examples=2000, derandomize=True, deadline=None)
+@given(st.one_of(_TTLS, st.text(max_size=12)))
+@example("523w")
+@example("523.0001w")
+@example("3661d")
+@example("3661.000d")
+@example("3662d")
+@example(str(MAX_TTL_SECONDS))
+@example(str(MAX_TTL_SECONDS + 1))
+@example("0.0s")
+@example("0.01s")
+@example("00")
+@example("never ")
+@example("\u0663d")
+@example("1.w")
+def test_the_ttl_pattern_is_what_parse_ttl_accepts(text: str) -> None:
+    """The token request's ``ttl`` pattern (Schemathesis generates from it, and holds the
+    answers to it) and parse_ttl agree on every string."""
+    assert bool(re.fullmatch(ttl_pattern(), text)) == _accepted(text), text
+    assert components()["TokenRequest"]["properties"]["ttl"]["anyOf"][0]["pattern"] == (
+        ttl_pattern())
+
+
+@settings(max_examples=500, derandomize=True, deadline=None)
+@given(st.integers(1, 10**7), st.integers(0, 10**8), _DIGITS)
+def test_decimal_in(limit: int, whole: int, fraction: str) -> None:
+    from decimal import Decimal
+
+    for text in (str(whole), f"{whole}.{fraction}", f"0{whole}"):
+        assert bool(re.fullmatch(decimal_in(limit), text)) == (
+            0 < Decimal(text) <= limit), (limit, text)

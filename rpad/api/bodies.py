@@ -5,6 +5,8 @@ wrong. One reader for every route, the heartbeat fast path included."""
 from __future__ import annotations
 
 import json
+import math
+import re
 from typing import Any
 
 from quart import request
@@ -59,14 +61,34 @@ async def request_json_object(limit: int, *, allow_empty: bool = False) -> dict[
     return parse_json_object(data)
 
 
+# Query parameters are read as the OpenAPI document types them, and no more loosely than
+# that: ASCII digits, no sign but "-", no spaces or "_" (which int() and float() let through).
+_INTEGER_RE = re.compile(r"-?[0-9]+")
+_NUMBER_RE = re.compile(r"-?[0-9]+(?:[.][0-9]+)?(?:[eE][-+]?[0-9]+)?")
+_MAX_NUMBER_CHARS = 64
+
+
 def int_arg(raw: str | None, name: str, default: int, lo: int, hi: int) -> int:
-    """An integer query parameter within [lo, hi] (422 naming it otherwise)."""
-    if raw is None or raw == "":
+    """An integer query parameter within [lo, hi]; ``default`` when absent; 422 naming it
+    otherwise (an empty value included)."""
+    if raw is None:
         return default
+    if not _INTEGER_RE.fullmatch(raw):
+        raise invalid_parameter(name, "must be an integer")
     try:
         value = int(raw)
-    except ValueError:
-        raise invalid_parameter(name, "must be an integer") from None
+    except ValueError:  # more digits than Python converts: out of range all the same
+        value = hi + 1
     if not lo <= value <= hi:
         raise invalid_parameter(name, f"must be from {lo} to {hi}")
+    return value
+
+
+def number_arg(raw: str, name: str, message: str) -> float:
+    """A number query parameter, finite (422 naming it with ``message`` otherwise)."""
+    if not _NUMBER_RE.fullmatch(raw) or len(raw) > _MAX_NUMBER_CHARS:
+        raise invalid_parameter(name, message)
+    value = float(raw)
+    if not math.isfinite(value):
+        raise invalid_parameter(name, message)
     return value

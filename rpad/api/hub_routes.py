@@ -34,9 +34,9 @@ from ..core.topics import (
 from ..core.validation import Fields
 from ..hub.admin import MAX_PING_USER_TIMEOUT_SECONDS, PING_USER_TIMEOUT_SECONDS
 from ..hub.server import Hub
-from .bodies import request_json_object
+from .bodies import number_arg, request_json_object
 from .context import ApiContext
-from .errors import ApiError, json_response
+from .errors import ApiError, invalid_parameter, json_response
 from .openapi import ADMIN, SERVICE_UP, Answer, Param, operation
 from .schemas import PING_TIMEOUT
 from .security import request_principal
@@ -279,15 +279,11 @@ def add_routes(app: Quart, ctx: ApiContext, hub: Hub) -> None:
         raw = request.args.get("timeoutSeconds")
         timeout = PING_USER_TIMEOUT_SECONDS
         if raw is not None:
-            try:
-                timeout = float(raw)
-                if not 0 < timeout <= MAX_PING_USER_TIMEOUT_SECONDS:
-                    raise ValueError
-            except ValueError:
-                raise ValidationFailed([{
-                    "field": "timeoutSeconds",
-                    "message": f"must be a number of seconds above 0 and at most "
-                               f"{MAX_PING_USER_TIMEOUT_SECONDS:g}"}]) from None
+            message = (f"must be a number of seconds above 0 and at most "
+                       f"{MAX_PING_USER_TIMEOUT_SECONDS:g}")
+            timeout = number_arg(raw, "timeoutSeconds", message)
+            if not 0 < timeout <= MAX_PING_USER_TIMEOUT_SECONDS:
+                raise invalid_parameter("timeoutSeconds", message)
         results = await admin.cluster_ping_user(uid, timeout)
         if not results:
             raise ApiError(404, "not_connected", "this user has no open WebSocket connection")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from ..auth import MAX_TTL_SECONDS, TTL_UNITS
 from ..core.model import OFFLINE, ONLINE, UNKNOWN
 from ..core.queries import STATUSES
 from ..core.topics import NOTIFICATION_LEVELS, RPAD_ONLY_TOPICS, TOPIC_RE, TYPE_RE
@@ -26,6 +27,7 @@ from ..core.validation import (
     MAX_EPOCH_SECONDS,
     MAX_METADATA_BYTES,
     MAX_TAGS,
+    METRIC_MAX,
     REPORTED_STATUS_RE,
 )
 from ..hub.admin import MAX_PING_USER_TIMEOUT_SECONDS
@@ -35,7 +37,37 @@ Schema = dict[str, Any]
 
 # Strings rpad stores may not hold NUL (refused with 422 naming the field).
 NO_NUL = "^[^\\u0000]*$"
-METRIC_MAX = 1e18
+
+
+def _below(limit: int) -> str:
+    """A regex of the positive integers below ``limit`` written without leading zeros."""
+    digits = str(limit)
+    branches = []
+    if len(digits) > 1:
+        branches.append(f"[1-9][0-9]{{0,{len(digits) - 2}}}")
+    for i, d in enumerate(digits):
+        low = 1 if i == 0 else 0
+        if int(d) > low:
+            rest = len(digits) - i - 1
+            branches.append(f"{digits[:i]}[{low}-{int(d) - 1}]" + (f"[0-9]{{{rest}}}" if rest
+                                                                    else ""))
+    return "|".join(branches)
+
+
+def decimal_in(limit: int) -> str:
+    """A regex of the decimals (``[0-9]+`` with an optional ``.[0-9]+``) whose value is more
+    than 0 and at most ``limit``, exactly."""
+    below = _below(limit)
+    branches = [f"0*(?:{below})(?:[.][0-9]+)?"] if below else []
+    return "|".join([*branches, f"0*{limit}(?:[.]0+)?", "0+[.][0-9]*[1-9][0-9]*"])
+
+
+def ttl_pattern() -> str:
+    """What :func:`rpad.auth.parse_ttl` accepts, as one pattern: ``never``, or a decimal and a
+    unit within (0, MAX_TTL_SECONDS]."""
+    by_unit = [f"(?:{decimal_in(MAX_TTL_SECONDS // seconds)}){unit}"
+               for unit, seconds in TTL_UNITS.items()]
+    return "^(?:never|" + "|".join(by_unit) + ")$"
 
 
 def ref(name: str, base: str = "#/components/schemas/") -> Schema:
@@ -95,6 +127,7 @@ ROLE = {"enum": ["agent", "viewer", "operator", "service", "admin"]}
 # The metrics an agent may report, camelCase and the snake_case alias of each.
 METRICS_NAMES = tuple(camel for camel, _ in _METRIC_ALIASES)
 _metric = {"type": "number", "minimum": 0, "maximum": METRIC_MAX}
+NULL: Schema = {"type": "null"}
 
 
 def optional(props: dict[str, Schema], required: tuple[str, ...] = ()) -> dict[str, Schema]:
@@ -104,20 +137,43 @@ def optional(props: dict[str, Schema], required: tuple[str, ...] = ()) -> dict[s
             for k, v in props.items()}
 
 
-def _not_both(pairs: list[tuple[str, str]]) -> list[Schema]:
-    """Each camelCase field and its snake_case alias: one or the other (both, with different
-    values, is refused)."""
-    return [{"not": {"required": [a, b]}} for a, b in pairs if a != b]
+def one_spelling(pairs: list[tuple[str, str]]) -> list[Schema]:
+    """Each camelCase field and its snake_case alias: not both given, whatever the values
+    (the validators' rule, :meth:`rpad.core.validation.Fields.get`; null means absent).
+    Written without ``not``, which Schemathesis cannot generate from."""
+    return [{"anyOf": [{"properties": {a: NULL}}, {"properties": {b: NULL}}]}
+            for a, b in pairs if a != b]
+
+
+def required_spelling(camel: str, snake: str, schema: Schema) -> Schema:
+    """A required field that has a snake_case alias: exactly one of the two given."""
+    return {"anyOf": [{"required": [camel], "properties": {camel: schema, snake: NULL}},
+                      {"required": [snake], "properties": {snake: schema, camel: NULL}}]}
+
+
+def with_aliases(props: dict[str, Schema], pairs: list[tuple[str, str]]) -> dict[str, Schema]:
+    """``props`` and, after them, the snake_case alias of each pair, deprecated."""
+    out = dict(props)
+    for camel, snake in pairs:
+        if snake != camel:
+            out[snake] = {**props[camel], "deprecated": True,
+                          "description": f"the snake_case spelling of {camel}"}
+    return out
+
+
+CLIENT_ID_IN = {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0, "maximum": 10**128 - 1}],
+                "description": "the client; an integer becomes its decimal string"}
+_ID_PAIR = ("clientId", "client_id")
 
 
 def _heartbeat() -> Schema:
-    aliases = [("clientId", "client_id")]
+    pairs = [_ID_PAIR, ("ipAddress", "ip_address"), ("osType", "os_type"),
+             ("intervalSeconds", "interval_seconds")]
     props: dict[str, Schema] = {
-        "clientId": {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0,
-                                           "maximum": 10**128 - 1}],
-                     "description": "the client; an integer becomes its decimal string"},
+        "clientId": CLIENT_ID_IN,
+        # Epoch numbers over 1e11 are read as milliseconds.
         "timestamp": {"anyOf": [TIME, {"type": "number", "minimum": 0,
-                                       "maximum": MAX_EPOCH_SECONDS}],
+                                       "maximum": MAX_EPOCH_SECONDS * 1000}],
                       "description": "the agent's clock: ISO 8601, or epoch seconds (or "
                                      "milliseconds); only used for clockSkewSeconds"},
         "status": string(32, pattern=anchored(REPORTED_STATUS_RE),
@@ -131,25 +187,22 @@ def _heartbeat() -> Schema:
                             "description": "how often the agent beats"},
         "metrics": {
             "type": "object",
-            "properties": {name: _metric for name in METRICS_NAMES},
-            # snake_case aliases and names this version does not know: numbers, ignored if
-            # unknown.
-            "additionalProperties": _metric,
+            "properties": optional(with_aliases({name: _metric for name in METRICS_NAMES},
+                                                list(_METRIC_ALIASES))),
+            "description": "A metric may come in its snake_case spelling too; in both, both "
+                           "must be valid and the camelCase one counts. Names this version does "
+                           "not know are ignored, whatever their value (newer agents keep "
+                           "working).",
         },
         "metadata": METADATA,
     }
-    for camel, snake in aliases:
-        props[snake] = {**props[camel], "deprecated": True,
-                        "description": f"the snake_case spelling of {camel}"}
     return {
         "type": "object",
-        "description": "Unknown fields are ignored (newer agents keep working). The "
-                       "snake_case spellings ip_address, os_type, interval_seconds and those "
-                       "of the metrics are accepted too (not both spellings with different "
-                       "values).",
-        "properties": optional(props, ("clientId", "client_id")),
-        # One of the two spellings of the id (both, with different values, is refused).
-        "oneOf": [{"required": ["clientId"]}, {"required": ["client_id"]}],
+        "description": "Unknown fields are ignored (newer agents keep working). clientId, "
+                       "ipAddress, osType and intervalSeconds may be sent in their snake_case "
+                       "spellings, not both (null counts as absent).",
+        "properties": optional(with_aliases(props, pairs)),
+        "allOf": [required_spelling(*_ID_PAIR, CLIENT_ID_IN), *one_spelling(pairs[1:])],
         "examples": [{"clientId": "robot-7", "status": "online", "version": "1.0.0",
                       "intervalSeconds": 20, "metrics": {"cpuUsagePercent": 12.5}}],
     }
@@ -168,6 +221,26 @@ CAPABILITIES = obj({
 }, ("commands", "pty", "shell", "allowlist", "runAs", "maxTimeoutSeconds", "maxOutputBytes",
     "maxConcurrent"), description="What the agent's control channel advertises; null: no "
                                   "channel (the console cannot reach it)")
+
+
+def _registration() -> Schema:
+    pairs = [_ID_PAIR, ("heartbeatTimeoutSeconds", "heartbeat_timeout_seconds")]
+    props: dict[str, Schema] = {
+        "clientId": CLIENT_ID_IN,
+        "name": text(128),
+        "tags": {"type": "array", "maxItems": MAX_TAGS, "items": string(
+            64, minLength=1, pattern="^[^\\u0000-\\u001f]*$")},
+        "heartbeatTimeoutSeconds": {"type": "number", "minimum": 1, "maximum": 30 * 86400},
+        "metadata": METADATA,
+    }
+    return {
+        **obj(optional(with_aliases(props, pairs))),
+        "description": "Unknown fields are refused. clientId and heartbeatTimeoutSeconds may "
+                       "be sent in their snake_case spellings, not both.",
+        "allOf": [required_spelling(*_ID_PAIR, CLIENT_ID_IN), *one_spelling(pairs[1:])],
+        "examples": [{"clientId": "robot-7", "name": "Robot 7", "tags": ["line-1"],
+                      "heartbeatTimeoutSeconds": 90}],
+    }
 
 
 def _client_view() -> Schema:
@@ -395,9 +468,18 @@ def components() -> dict[str, Schema]:
         "ClientView": _client_view(),
         "Heartbeat": _heartbeat(),
         "HeartbeatAnswer": HEARTBEAT_ANSWER,
+        # Each item is validated on its own: one that is not a Heartbeat is refused in its
+        # result, and the batch is answered 200 with the others recorded.
         "HeartbeatBatch": obj({"heartbeats": {
-            "type": "array", "items": ref("Heartbeat"), "maxItems": MAX_BATCH_HEARTBEATS}},
-            ("heartbeats",), closed=False),
+            "type": "array", "maxItems": MAX_BATCH_HEARTBEATS,
+            "items": {"anyOf": [ref("Heartbeat"), {
+                "description": "anything else: refused in its own result (validation_failed)"
+            }]}}},
+            ("heartbeats",), closed=False,
+            description="Other fields are ignored.",
+            examples=[{"heartbeats": [
+                {"clientId": "robot-7", "status": "online", "intervalSeconds": 20},
+                {"clientId": "robot-8", "status": "busy", "metrics": {"load1": 0.5}}]}]),
         "HeartbeatBatchAnswer": obj({
             "accepted": COUNT, "rejected": COUNT,
             "results": {"type": "array", "items": _batch_result()},
@@ -407,28 +489,7 @@ def components() -> dict[str, Schema]:
             "total": COUNT, "limit": COUNT, "offset": COUNT,
             "counts": obj({s: COUNT for s in STATUSES}, STATUSES),
         }, ("clients", "total", "limit", "offset", "counts")),
-        "Registration": {
-            **obj(optional({
-                "clientId": {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0,
-                                                   "maximum": 10**128 - 1}]},
-                "client_id": {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0,
-                                                    "maximum": 10**128 - 1}], "deprecated": True},
-                "name": text(128),
-                "tags": {"type": "array", "maxItems": MAX_TAGS, "items": string(
-                    64, minLength=1, pattern="^[^\\u0000-\\u001f]*$")},
-                "heartbeatTimeoutSeconds": {"type": "number", "minimum": 1,
-                                            "maximum": 30 * 86400},
-                "heartbeat_timeout_seconds": {"type": "number", "minimum": 1,
-                                              "maximum": 30 * 86400, "deprecated": True},
-                "metadata": METADATA,
-            }, ("clientId", "client_id"))),
-            "description": "Unknown fields are refused.",
-            "anyOf": [{"required": ["clientId"]}, {"required": ["client_id"]}],
-            "allOf": _not_both([("clientId", "client_id"),
-                                ("heartbeatTimeoutSeconds", "heartbeat_timeout_seconds")]),
-            "examples": [{"clientId": "robot-7", "name": "Robot 7", "tags": ["line-1"],
-                          "heartbeatTimeoutSeconds": 90}],
-        },
+        "Registration": _registration(),
         "Removed": obj({"removed": {"const": True}, "client": client_view_with(
             {"reason": {"const": "removed"}}, ("reason",))}, ("removed", "client")),
         "StatusHistory": obj({
@@ -438,8 +499,9 @@ def components() -> dict[str, Schema]:
                 "reason": nullable(string())}, ("at", "status", "reason"))},
         }, ("clientId", "events")),
         "TokenRequest": obj(optional({"ttl": string(
-            examples=["30d", "never"], pattern="^(?:never|[0-9]+(?:[.][0-9]+)?[smhdw]?)$",
-            description="90s, 15m, 1h, 30d (at most 10 years) or never; default never")})),
+            examples=["30d", "never"], pattern=ttl_pattern(),
+            description=f"90s, 15m, 1h, 30d, 2w or never; at most {MAX_TTL_SECONDS // 604800}"
+                        f" weeks ({MAX_TTL_SECONDS // 86400} days); default never")})),
         "AgentToken": obj({"clientId": CLIENT_ID, "token": string(), "generation": COUNT,
                            "expiresAt": nullable(TIME)},
                           ("clientId", "token", "generation", "expiresAt")),

@@ -25,6 +25,8 @@ MAX_TAGS = 32
 NOT_UNICODE = "must be valid Unicode text (no lone surrogates)"
 # Agent clocks given as epoch numbers must fall in the years 1970 to 9999.
 MAX_EPOCH_SECONDS = 253402300799.0
+# A metric's largest value (the largest any counter of bytes can sensibly reach).
+METRIC_MAX = 1e18
 # Agents' self-reported status: a short word such as online, busy, idle, error, offline.
 REPORTED_STATUS_RE = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 
@@ -94,14 +96,18 @@ class Fields:
         self.errors.append({"field": field, "message": message})
 
     def get(self, name: str, alias: str | None = None) -> Any:
+        """The field's value (None when absent or null), by its name or else its alias; both
+        given (not null) is an error, whatever the values: one spelling per field."""
         self.seen.add(name)
-        if alias is not None:
+        value = self.data.get(name)
+        if alias is not None and alias != name:
             self.seen.add(alias)
-            if name in self.data and alias in self.data and self.data[name] != self.data[alias]:
-                self.fail(name, f"given twice, as {name} and {alias}, with different values")
-            if name not in self.data:
-                return self.data.get(alias)
-        return self.data.get(name)
+            other = self.data.get(alias)
+            if other is not None:
+                if value is None:
+                    return other
+                self.fail(name, f"given twice, as {name} and {alias}: send one of them")
+        return value
 
     def string(self, name: str, alias: str | None = None, *, max_chars: int = MAX_STRING_CHARS,
                pattern: re.Pattern[str] | None = None, what: str = "") -> str | None:
@@ -126,8 +132,18 @@ class Fields:
         return value
 
     def number(self, name: str, alias: str | None = None, *, minimum: float | None = None,
-               maximum: float | None = None) -> float | None:
-        value = self.get(name, alias)
+               maximum: float | None = None, either: bool = False) -> float | None:
+        """A number field. With ``either``, the name and its alias may both be given: each is
+        checked (errors named by ``name``) and the name's value is used."""
+        if either and alias is not None and alias != name:
+            self.seen.update((name, alias))
+            first = self._number(self.data.get(name), name, minimum, maximum)
+            second = self._number(self.data.get(alias), name, minimum, maximum)
+            return first if first is not None else second
+        return self._number(self.get(name, alias), name, minimum, maximum)
+
+    def _number(self, value: Any, name: str, minimum: float | None,
+                maximum: float | None) -> float | None:
         if value is None:
             return None
         if _finite(value) is None:
@@ -312,7 +328,7 @@ def read_plain_heartbeat(data: dict[str, Any]) -> Heartbeat | None:
                 return None
             value = raw_metrics.get(key)
             if value is not None:
-                number = _plain_number(value, 0, 1e18)
+                number = _plain_number(value, 0, METRIC_MAX)
                 if number is None:
                     return None
                 metrics[key] = number
@@ -370,7 +386,8 @@ def validate_heartbeat(data: Any, prefix: str = "") -> Heartbeat:
             for key, alias in _METRIC_ALIASES:
                 if key not in raw_metrics and alias not in raw_metrics:
                     continue
-                v = mf.number(key, alias, minimum=0, maximum=1e18)
+                # A metric in both spellings: both checked, the camelCase one counts.
+                v = mf.number(key, alias, minimum=0, maximum=METRIC_MAX, either=True)
                 if v is not None:
                     metrics[key] = v
             # Metrics this version does not know are ignored, so newer agents keep working.
