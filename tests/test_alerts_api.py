@@ -169,7 +169,11 @@ async def test_test_alerts_go_only_to_configured_targets_and_are_logged(
                 # A request names a configured target; it never brings an address.
                 bad = fields(await rpad.request("POST", "/api/v1/alerts/test",
                                                 json={"target": "http://169.254.169.254/"}))
-                assert "not a configured target (ops)" in bad["target"]
+                assert bad == {"target": "must be a target's name: 1 to 64 characters of "
+                                         "A-Z a-z 0-9 . _ -"}
+                r = await rpad.request("POST", "/api/v1/alerts/test", json={"target": "pager"})
+                assert (r.status_code, r.json()["error"]) == (404, "unknown_target")
+                assert "no alert target of this name is configured (ops)" in r.json()["message"]
                 bad = fields(await rpad.request("POST", "/api/v1/alerts/test", json={
                     "target": "ops", "url": "http://127.0.0.1:1/"}))
                 assert set(bad) == {"url"}
@@ -183,10 +187,27 @@ async def test_test_alerts_go_only_to_configured_targets_and_are_logged(
                     ("test", "delivered", 1)]
                 assert (await rpad.request("GET", "/api/v1/alerts/deliveries",
                                            role="viewer")).status_code == 403
-                assert "target" in fields(await rpad.request(
-                    "GET", "/api/v1/alerts/deliveries?target=nope"))
+                # Any name: a target removed on reload keeps its log; this one has none.
+                r = await rpad.request("GET", "/api/v1/alerts/deliveries?target=nope")
+                assert (r.status_code, r.json()) == (200, {"targets": [], "pending": [],
+                                                           "log": []})
                 assert len(receiver.requests) == 1
             nursery.cancel_scope.cancel()
+
+
+async def test_a_second_test_alert_waits_for_the_first(make_config: Callable[..., Config]) -> None:
+    """409 test_pending while the target's earlier test alert is still queued (here: nothing
+    listens on its port, so it waits for its next attempt)."""
+    cfg = make_config(alerts={"webhooks": [{"url": f"http://127.0.0.1:{free_port()}/hook",
+                                            "name": "ops"}]})
+    with trio.fail_after(TIMEOUT_SECONDS):
+        async with daemon_running(cfg) as rpad:
+            r = await rpad.request("POST", "/api/v1/alerts/test", json={"target": "ops"})
+            assert r.status_code == 202, r.text
+            queue = rpad.daemon.alerts.outbox.queues["ops"]  # type: ignore[union-attr]
+            await until(lambda: [row.attempts for row in queue.pending] == [1])
+            r = await rpad.request("POST", "/api/v1/alerts/test", json={"target": "ops"})
+            assert (r.status_code, r.json()["error"]) == (409, "test_pending")
 
 
 async def test_daemon_restart_delivers_queued_alerts_once_each(

@@ -36,6 +36,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from rpad import config as config_mod
 from rpad.auth import Authenticator, load_keys
 
+from .test_alerts import free_port
 from .test_daemon_process import Serve, environ
 from .wsclient import ws_connect
 
@@ -75,6 +76,11 @@ secret_file = "{secret}"
 max_failures_per_minute = 1000000
 [logging]
 level = "warning"
+# The document's example target, so that a test alert has one to go to: nothing listens on
+# its port, so its deliveries wait for their next attempt.
+[[alerts.webhooks]]
+name = "ops"
+url = "http://127.0.0.1:{free_port()}/hook"
 """)
     return cfg
 

@@ -3,13 +3,32 @@ answers, merged into ``components/schemas`` by :mod:`rpad.api.openapi`."""
 
 from __future__ import annotations
 
-from ..config_alerts import ALL_EVENTS
+from ..config_alerts import ALL_EVENTS, TARGET_NAME_RE
 from ..core.alert_policy import LEVELS
 from ..core.silences import MAX_COMMENT_CHARS, MAX_MATCH_ITEMS
 from ..core.validation import TAG_RE
-from .schemas import CLIENT_ID, COUNT, NUMBER, TIME, Schema, anchored, nullable, obj, ref, string
+from .schemas import (
+    CLIENT_ID,
+    CLIENT_ID_IN,
+    COUNT,
+    NUMBER,
+    PY_SPACE,
+    TIME,
+    Schema,
+    anchored,
+    nullable,
+    obj,
+    optional,
+    ref,
+    string,
+    text,
+)
 
 TAG = string(64, minLength=1, pattern=anchored(TAG_RE), description="exact; no wildcards")
+# A silence names tags exactly: the characters of a wildcard are refused (rpad.core.silences).
+EXACT_TAG = string(64, minLength=1, pattern="^[^\\u0000-\\u001f*?\\[\\]]{1,64}$",
+                   description="exact: no wildcards (* ? [ ])")
+TARGET_NAME = string(64, pattern=anchored(TARGET_NAME_RE), examples=["ops"])
 LEVEL: Schema = {"enum": list(LEVELS)}
 SECONDS: Schema = {"type": "number", "minimum": 0, "maximum": 366 * 86400}
 _POLICY: dict[str, Schema] = {
@@ -19,6 +38,25 @@ _POLICY: dict[str, Schema] = {
     "maxReminders": {"type": "integer", "minimum": 0, "maximum": 1000},
     "offlineLevel": LEVEL,
 }
+
+
+def _match_request() -> Schema:
+    """What parse_match accepts: client ids (an integer id is its decimal string) and/or exact
+    tags, null meaning absent, at least one of either."""
+    lists = {"clientIds": {"type": "array", "items": CLIENT_ID_IN, "maxItems": MAX_MATCH_ITEMS},
+             "tags": {"type": "array", "items": EXACT_TAG, "maxItems": MAX_MATCH_ITEMS}}
+    return {**obj(optional(lists)),
+            "description": "any of the client ids, or any client carrying one of the tags; at "
+                           "least one of either",
+            "anyOf": [{"required": [k], "properties": {k: {"type": "array", "minItems": 1}}}
+                      for k in lists]}
+
+
+def _policy_request() -> dict[str, Schema]:
+    """A policy's fields as an override takes them: flapping needs at least 2 transitions
+    (1 would make every transition flapping), 0 turns it off."""
+    return {**_POLICY, "flapTransitions": {"anyOf": [
+        {"const": 0}, {"type": "integer", "minimum": 2, "maximum": 1000}]}}
 
 
 def _match() -> Schema:
@@ -57,12 +95,15 @@ def alert_components() -> dict[str, Schema]:
     override = _override()
     return {
         "SilenceMatch": _match(),
-        "SilenceRequest": obj({
-            "match": ref("SilenceMatch"), "startsAt": TIME,
+        "SilenceMatchRequest": _match_request(),
+        "SilenceRequest": obj(optional({
+            "match": ref("SilenceMatchRequest"),
+            "startsAt": {**TIME, "description": "default: now"},
             "endsAt": {**TIME, "description": "after startsAt, in the future, within a year"},
-            "comment": string(MAX_COMMENT_CHARS, minLength=1, description="why (required)"),
-            "createdBy": string(128, description="default: the token's subject"),
-        }, ("match", "endsAt", "comment"),
+            "comment": string(MAX_COMMENT_CHARS, description="why (required): not blank",
+                              pattern=f"^[^\\u0000]*[^{PY_SPACE}\\u0000][^\\u0000]*$"),
+            "createdBy": text(128, description="default: the token's subject"),
+        }, ("match", "endsAt", "comment")), ("match", "endsAt", "comment"),
             examples=[{"match": {"tags": ["line-2"]}, "endsAt": "2026-03-02T02:00:00Z",
                        "comment": "gripper swap"}]),
         "Silence": _silence(),
@@ -70,8 +111,11 @@ def alert_components() -> dict[str, Schema]:
                          "serverTime": TIME}, ("silences", "serverTime")),
         "SilenceDeleted": obj({"deleted": {"const": True}, "silence": ref("Silence")},
                               ("deleted", "silence")),
-        "PolicyOverride": {**override, "description": "null or absent: not overridden; at "
-                                                      "least one field"},
+        "PolicyOverride": {
+            **obj(optional(_policy_request())),
+            "description": "null or absent: not overridden; at least one field",
+            "anyOf": [{"required": [k], "properties": {k: v}}
+                      for k, v in _policy_request().items()]},
         "Policies": obj({
             "default": obj(_POLICY, tuple(_POLICY)),
             "grouping": obj({"groupWindowSeconds": NUMBER, "groupThreshold": COUNT},
@@ -93,9 +137,9 @@ def alert_components() -> dict[str, Schema]:
             "log": {"type": "array", "items": ref("Delivery")},
         }, ("targets", "pending", "log")),
         "Delivery": _delivery(),
-        "TestAlertRequest": obj({"target": string(64, description="a configured target's name "
-                                                                   "(never an address)")},
-                                ("target",)),
+        "TestAlertRequest": obj({"target": {**TARGET_NAME, "description": "a configured "
+                                            "target's name (never an address)"}},
+                                ("target",), examples=[{"target": "ops"}]),
         "TestAlertQueued": obj({"target": string(), "deliveryId": string(),
                                 "queued": {"const": True}}, ("target", "deliveryId", "queued")),
         "AlertEvents": {"enum": list(ALL_EVENTS)},

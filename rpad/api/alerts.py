@@ -22,6 +22,7 @@ from typing import Any
 
 from quart import Quart, Response, request
 
+from ..config_alerts import TARGET_NAME_RE
 from ..core.errors import ValidationFailed
 from ..core.principal import Principal, require_role
 from ..core.times import iso
@@ -29,12 +30,14 @@ from ..core.validation import TAG_RE, client_id_from_path
 from ..service.alerts import parse_override
 from . import schemas as S
 from .alert_schemas import TAG as S_TAG
+from .alert_schemas import TARGET_NAME
 from .bodies import int_arg, request_json_object
 from .context import ApiContext
-from .errors import ApiError, json_response
-from .openapi import ADMIN, VIEWER_UP, Answer, Param, operation
+from .errors import ApiError, invalid_parameter, json_response
+from .openapi import ADMIN, VIEWER_UP, Answer, Link, Param, Refusal, operation
 from .security import request_principal
 
+TARGET_NAME_MESSAGE = "must be a target's name: 1 to 64 characters of A-Z a-z 0-9 . _ -"
 DEFAULT_LOG_LIMIT = 100
 MAX_LOG_LIMIT = 1000
 
@@ -57,7 +60,12 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                description="Matching clients raise no alerts until `endsAt`; their events "
                            "still flow, marked `silenced`. An alert due meanwhile waits for "
                            "the end (a client still down then raises its alert).",
-               answer=Answer(201, "the silence", "Silence"), errors=("storage_unavailable",))
+               answer=Answer(201, "the silence", "Silence"), errors=("storage_unavailable",),
+               links={201: {"endSilence": Link("delete_silence",
+                                               {"silence_id": "$response.body#/id"})}},
+               refusals=(Refusal("endsAt", "must be after startsAt"),
+                         Refusal("endsAt", "must be in the future"),
+                         Refusal("endsAt", "must be at most")))
     async def create_silence() -> Response:
         p = principal("admin")
         silence = await alerts.add_silence(await body(), p.sub)
@@ -156,7 +164,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
     @operation("Read the alert deliveries", tag="alerts", roles=ADMIN,
                description="Each target's counters, the deliveries waiting in the outbox, and "
                            "the finished ones (the delivery log), newest first.",
-               query=(Param("target", "only this target (its name)", S.string(64)),
+               query=(Param("target", "only this target (its name; a target no longer "
+                                      "configured still has its log)", TARGET_NAME),
                       Param("limit", "log entries", {"type": "integer", "minimum": 1,
                                                      "maximum": MAX_LOG_LIMIT,
                                                      "default": DEFAULT_LOG_LIMIT})),
@@ -164,9 +173,10 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                errors=("storage_unavailable",))
     async def deliveries() -> Response:
         principal("admin")
-        target = request.args.get("target") or None
-        if target is not None and target not in alerts.outbox.queues:
-            raise ValidationFailed([{"field": "target", "message": "is not a configured target"}])
+        # Any target name: the log keeps the deliveries of a target removed since (on reload).
+        target = request.args.get("target")
+        if target is not None and not TARGET_NAME_RE.fullmatch(target):
+            raise invalid_parameter("target", TARGET_NAME_MESSAGE)
         limit = int_arg(request.args.get("limit"), "limit", DEFAULT_LOG_LIMIT, 1, MAX_LOG_LIMIT)
         return json_response(await alerts.deliveries(target, limit))
 
@@ -175,7 +185,8 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                body="TestAlertRequest",
                description="By the target's name; a request never gives an address. Queued "
                            "like any alert (see the deliveries).",
-               answer=Answer(202, "queued", "TestAlertQueued"))
+               answer=Answer(202, "queued", "TestAlertQueued"),
+               errors=("unknown_target", "test_pending"))
     async def test_alert() -> Response:
         p = principal("admin")
         data = await request_json_object(ctx.config.http.max_body_bytes)
@@ -188,7 +199,9 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
         if not isinstance(target, str):
             raise ValidationFailed([{"field": "target",
                                      "message": "is required: the name of a configured target"}])
-        delivery_id = alerts.send_test(target[:64], p.sub)
+        if not TARGET_NAME_RE.fullmatch(target):
+            raise ValidationFailed([{"field": "target", "message": TARGET_NAME_MESSAGE}])
+        delivery_id = alerts.send_test(target, p.sub)
         return json_response({"target": target, "deliveryId": delivery_id, "queued": True}, 202)
 
 

@@ -16,7 +16,9 @@ from quart import Response
 from ..core.errors import (
     AuthError,
     BackendUnavailable,
+    Conflict,
     FleetFull,
+    NotFound,
     RateLimited,
     StorageUnavailable,
     TooManyFailures,
@@ -102,6 +104,10 @@ def translate(exc: BaseException) -> ApiError:
                         "this token registers new clients faster than "
                         "presence.registrations_per_minute allows",
                         headers={"Retry-After": str(retry)})
+    if isinstance(exc, NotFound):
+        return ApiError(404, exc.code, exc.message)
+    if isinstance(exc, Conflict):
+        return ApiError(409, exc.code, exc.message)
     if isinstance(exc, StorageUnavailable):
         return ApiError(503, "storage_unavailable",
                         "the database cannot commit right now; retry later",

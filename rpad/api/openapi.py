@@ -54,9 +54,9 @@ ERROR_STATUS = {
     "unauthorized": 401, "token_expired": 401, "token_revoked": 401,
     "forbidden": 403, "console_disabled": 403,
     "not_found": 404, "unknown_client": 404, "not_connected": 404, "unknown_silence": 404,
-    "unknown_override": 404,
+    "unknown_override": 404, "unknown_target": 404,
     "request_timeout": 408,
-    "not_running": 409, "fleet_full": 409,
+    "not_running": 409, "fleet_full": 409, "test_pending": 409,
     "body_too_large": 413,
     "validation_failed": 422,
     "rate_limited": 429, "too_many_auth_failures": 429, "too_many_tasks": 429,
@@ -118,6 +118,18 @@ class Link:
 
 
 @attrs.frozen
+class Refusal:
+    """A 422 that a request valid by the schemas can still get, for a rule JSON Schema cannot
+    state (between two fields, or against the server's clock or state): the field it names
+    and the start of its message. Listed in the document as ``x-rpad-refusals`` and in the
+    operation's description; tests/schemathesis_hooks.py accepts a 422 for a schema-valid
+    request only when each of its details is one of these."""
+
+    field: str
+    message: str
+
+
+@attrs.frozen
 class Operation:
     summary: str
     tag: str
@@ -133,6 +145,7 @@ class Operation:
     # Error codes of ERROR_STATUS this route answers beyond those added by rule.
     errors: tuple[str, ...] = ()
     links: Mapping[int, Mapping[str, Link]] = attrs.field(factory=dict)
+    refusals: tuple[Refusal, ...] = ()
 
 
 def operation(summary: str, *, tag: str, roles: tuple[str, ...] | None,
@@ -140,11 +153,12 @@ def operation(summary: str, *, tag: str, roles: tuple[str, ...] | None,
               body: str | None = None, body_required: bool = True,
               query: tuple[Param, ...] = (), path: tuple[Param, ...] = (),
               errors: tuple[str, ...] = (),
-              links: Mapping[int, Mapping[str, Link]] | None = None) -> Callable[[F], F]:
+              links: Mapping[int, Mapping[str, Link]] | None = None,
+              refusals: tuple[Refusal, ...] = ()) -> Callable[[F], F]:
     """Describe a route: put it right under the route's decorator (``@app.get(...)``)."""
     answers = (answer,) if isinstance(answer, Answer) else tuple(answer)
     op = Operation(summary, tag, roles, answers, description, body, body_required, query, path,
-                   errors, links or {})
+                   errors, links or {}, refusals)
 
     def attach(fn: F) -> F:
         setattr(fn, ATTRIBUTE, op)
@@ -220,7 +234,7 @@ def _operation(endpoint: str, op: Operation, names: list[str]) -> dict[str, Any]
                   "too_many_auth_failures"]
     if op.body is not None:
         codes += ["invalid_json", "bad_request", "body_too_large", "validation_failed"]
-    if names or op.query:
+    if names or op.query or op.refusals:
         codes.append("validation_failed")
     if names:
         codes.append("not_found")
@@ -249,6 +263,12 @@ def _operation(endpoint: str, op: Operation, names: list[str]) -> dict[str, Any]
         "responses": dict(sorted(responses.items())),
     }
     description = op.description
+    if op.refusals:
+        doc["x-rpad-refusals"] = [{"field": r.field, "message": r.message}
+                                  for r in op.refusals]
+        rules = "; ".join(f"`{r.field}` {r.message}" for r in op.refusals)
+        description = (f"{description}\n\nRules beyond the schemas (a 422 naming the "
+                       f"field): {rules}.").strip()
     if op.roles is None:
         doc["security"] = []
     else:

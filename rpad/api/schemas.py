@@ -25,6 +25,7 @@ from ..core.validation import (
     _METRIC_ALIASES,
     CLIENT_ID_RE,
     MAX_EPOCH_SECONDS,
+    MAX_INTEGER_ID,
     MAX_METADATA_BYTES,
     MAX_TAGS,
     METRIC_MAX,
@@ -110,6 +111,10 @@ def text(max_chars: int, **extra: Any) -> Schema:
     return string(max_chars, pattern=NO_NUL, **extra)
 
 
+# What str.strip() strips (the validators' test of a blank string), as a character class.
+PY_SPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
+# A string with something in it besides whitespace (as Python reads whitespace).
+NOT_BLANK = f"[^{PY_SPACE}]"
 TIME = string(format="date-time", description="ISO 8601 UTC with milliseconds and Z",
               examples=["2026-01-01T12:00:00.000Z"])
 NUMBER = {"type": "number"}
@@ -161,7 +166,8 @@ def with_aliases(props: dict[str, Schema], pairs: list[tuple[str, str]]) -> dict
     return out
 
 
-CLIENT_ID_IN = {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0, "maximum": 10**128 - 1}],
+CLIENT_ID_IN = {"anyOf": [CLIENT_ID, {"type": "integer", "minimum": 0,
+                                      "maximum": MAX_INTEGER_ID}],
                 "description": "the client; an integer becomes its decimal string"}
 _ID_PAIR = ("clientId", "client_id")
 

@@ -30,6 +30,24 @@ class BackendUnavailable(StorageUnavailable):
         super().__init__(message)
 
 
+class NotFound(Exception):
+    """A named thing the request refers to does not exist (404); ``code`` says what kind."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
+class Conflict(Exception):
+    """The request conflicts with the current state, and may succeed later (409)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(message)
+
+
 class ValidationFailed(Exception):
     """A request body with bad fields. ``details`` is ``[{"field", "message"}]``."""
 

@@ -25,7 +25,7 @@ import attrs
 
 from .errors import ValidationFailed
 from .times import iso, parse_iso
-from .validation import CLIENT_ID_RE, TAG_RE, Fields, kind_of
+from .validation import TAG_RE, Fields, client_id_of, kind_of
 
 # A silence may last at most this long (a forgotten silence is a blind spot).
 MAX_SILENCE_SECONDS = 366 * 86400.0
@@ -219,14 +219,11 @@ def parse_match(value: Any, f: Fields, name: str = "match") -> Match | None:
         if not isinstance(raw_ids, list) or len(raw_ids) > MAX_MATCH_ITEMS:
             f.fail(f"{name}.clientIds", f"must be an array of at most {MAX_MATCH_ITEMS} client ids")
         else:
-            for i, cid in enumerate(raw_ids):
-                if isinstance(cid, int) and not isinstance(cid, bool) and cid >= 0:
-                    cid = str(cid)
-                if not isinstance(cid, str) or not CLIENT_ID_RE.fullmatch(cid):
-                    f.fail(f"{name}.clientIds[{i}]",
-                           "must be a client id: 1 to 128 characters of A-Z a-z 0-9 . _ : -")
-                else:
-                    ids.add(cid)
+            for i, raw in enumerate(raw_ids):
+                try:
+                    ids.add(client_id_of(raw))
+                except ValueError as exc:
+                    f.fail(f"{name}.clientIds[{i}]", f"must be a client id: {exc}")
     raw_tags = value.get("tags")
     if raw_tags is not None:
         if not isinstance(raw_tags, list) or len(raw_tags) > MAX_MATCH_ITEMS:
@@ -279,8 +276,8 @@ def parse_silence(data: Any, *, now: float, silence_id: str, principal: str) -> 
         match = parse_match(raw_match, f)
     starts = _time(f, "startsAt")
     ends = _time(f, "endsAt")
-    if ends is None and "endsAt" not in data:
-        f.fail("endsAt", "is required")
+    if ends is None and not any(e["field"] == "endsAt" for e in errors):
+        f.fail("endsAt", "is required")  # (absent or null; null means absent)
     comment = f.string("comment", max_chars=MAX_COMMENT_CHARS)
     if (comment is None or not comment.strip()) and not any(
             e["field"] == "comment" for e in errors):

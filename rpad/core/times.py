@@ -26,7 +26,9 @@ def iso(ts: float | None) -> str | None:
     if prefix is None:
         if len(_ISO_SECONDS_CACHE) >= _ISO_CACHE_SIZE:
             _ISO_SECONDS_CACHE.clear()
-        prefix = datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+        # (isoformat, not strftime: %Y leaves a year before 1000 unpadded, "14-07-25")
+        prefix = datetime.fromtimestamp(whole, UTC).replace(tzinfo=None).isoformat("T",
+                                                                                  "seconds")
         _ISO_SECONDS_CACHE[whole] = prefix
     return f"{prefix}.{millis:03d}Z"
 

@@ -18,6 +18,8 @@ from .jsonenc import dumps
 from .times import parse_iso
 
 CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# The largest integer id: the integers a JSON number holds exactly everywhere (2**53 - 1).
+MAX_INTEGER_ID = 2**53 - 1
 TAG_RE = re.compile(r"[^\x00-\x1f]{1,64}")
 MAX_STRING_CHARS = 256
 MAX_METADATA_BYTES = 4096
@@ -220,24 +222,37 @@ def kind_of(value: Any) -> str:
     return type(value).__name__
 
 
-def parse_client_id(value: Any, fields: Fields, name: str, alias: str | None) -> str | None:
+def client_id_of(value: Any) -> str:
+    """A client id from a JSON value: a string, or an integer from 0 to MAX_INTEGER_ID (written
+    1103 or 1103.0, as JSON Schema counts integers) as its decimal string. Raises ValueError
+    with the message for the field."""
     if isinstance(value, bool):
-        fields.fail(name, "must be a string or an integer, got a boolean")
-        return None
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        value = int(value)  # 1103.0 is the JSON number 1103 (as JSON Schema counts it)
+        raise ValueError("must be a string or an integer, got a boolean")  # noqa: TRY004 (the field's message)
+    if isinstance(value, float) and value.is_integer():
+        if abs(value) > MAX_INTEGER_ID:  # a float that large may not be the number written
+            raise ValueError(f"an integer id must be at most {MAX_INTEGER_ID} (send a larger "
+                             "one as a string)")
+        value = int(value)
     if isinstance(value, int):
         if value < 0:
-            fields.fail(name, "must not be negative")
-            return None
+            raise ValueError("must not be negative")
+        if value > MAX_INTEGER_ID:
+            raise ValueError(f"an integer id must be at most {MAX_INTEGER_ID} (send a larger "
+                             "one as a string)")
         value = str(value)
     if not isinstance(value, str):
-        fields.fail(name, f"must be a string or an integer, got {kind_of(value)}")
-        return None
+        raise ValueError(f"must be a string or an integer, got {kind_of(value)}")  # noqa: TRY004
     if not CLIENT_ID_RE.fullmatch(value):
-        fields.fail(name, "must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
-        return None
+        raise ValueError("must be 1 to 128 characters of A-Z a-z 0-9 . _ : -")
     return value
+
+
+def parse_client_id(value: Any, fields: Fields, name: str, alias: str | None) -> str | None:
+    try:
+        return client_id_of(value)
+    except ValueError as exc:
+        fields.fail(name, str(exc))
+        return None
 
 
 def client_id_from_path(value: str) -> str:

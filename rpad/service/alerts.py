@@ -45,7 +45,7 @@ from ..core.alert_policy import (
     level_rank,
 )
 from ..core.alert_text import Notice, notice_for, payload, test_payload
-from ..core.errors import ValidationFailed
+from ..core.errors import Conflict, NotFound, ValidationFailed
 from ..core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED, Client, Event
 from ..core.silences import Match, Silence, SilenceBook, parse_silence
 from ..core.times import iso, parse_iso
@@ -321,17 +321,16 @@ class Alerts:
 
     def send_test(self, target: str, who: str) -> str:
         """Queue a test alert for a configured target; returns its delivery id. Raises
-        ValidationFailed for a name that is not a configured target, or while an earlier test
-        for it is still queued."""
+        NotFound (``unknown_target``) for a name that is not a configured target, Conflict
+        (``test_pending``) while an earlier test for it is still queued."""
         q = self.outbox.queues.get(target)
         if q is None:
             names = ", ".join(sorted(self.outbox.queues)) or "none are configured"
-            raise ValidationFailed([{"field": "target",
-                                     "message": f"is not a configured target ({names})"}])
+            raise NotFound("unknown_target",
+                           f"no alert target of this name is configured ({names})")
         if any(r.payload.get("kind") == "test" for r in q.pending):
-            raise ValidationFailed([{"field": "target", "message":
-                                     "a test alert for this target is still queued; see "
-                                     "GET /api/v1/alerts/deliveries"}])
+            raise Conflict("test_pending", "a test alert for this target is still queued; see "
+                                           "GET /api/v1/alerts/deliveries")
         alert_id = new_id()
         rows = self.outbox.enqueue(test_payload(self.wall_clock(), alert_id, "", target),
                                    [q.channel], alert_id=alert_id)
