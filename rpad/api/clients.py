@@ -107,7 +107,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
 
     @app.get("/api/v1/client/heartbeat/status/<client_id>")
     @operation("Read one client's state", tag="heartbeats",
-               roles=("agent", "viewer", "service", "admin"),
+               roles=("agent", *VIEWER_UP),
                description="An agent token may only read its own client.",
                answer=Answer(200, "the client view", "ClientView"), errors=("unknown_client",))
     async def heartbeat_status(client_id: str) -> Response:

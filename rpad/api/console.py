@@ -15,7 +15,6 @@ path, unknown fields refused), call :class:`~rpad.service.tasks.Tasks` or the au
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -26,16 +25,16 @@ from ..core.errors import ValidationFailed
 from ..core.principal import Principal, require_role
 from ..core.tasks import TASK_ID_RE, TASK_STATUSES
 from ..core.times import parse_iso
-from ..core.validation import Fields
+from ..core.validation import Fields, client_id_of
 from ..service.console import MAX_COMMAND_CHARS
 from ..service.tasks import MAX_TARGETS, TaskError, TaskRequest, Tasks
+from . import schemas as S
 from .bodies import int_arg, request_json_object
 from .context import ApiContext
 from .errors import ApiError, invalid_parameter, json_response
-from .openapi import ADMIN, EXEC_ROLES, Answer, Link, Param, operation
+from .openapi import ADMIN, EXEC_ROLES, Answer, Link, Param, Refusal, operation
 from .security import request_peer, request_principal
 
-CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 TAG_MAX_CHARS = 64
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -58,8 +57,8 @@ def _task_request(data: dict[str, Any], max_concurrency: int,
             f.fail(str(key)[:64], "is not a known field (command, clientIds, tag, concurrency, "
                                   "timeoutSeconds)")
     command = f.string("command", max_chars=MAX_COMMAND_CHARS)
-    if command is None and "command" not in data:
-        f.fail("command", "is required")
+    if command is None and not any(e["field"] == "command" for e in f.errors):
+        f.fail("command", "is required")  # (absent or null; null means absent)
     elif command is not None and not command.strip():
         f.fail("command", "must not be empty")
     raw_ids = f.get("clientIds", "client_ids")
@@ -73,22 +72,25 @@ def _task_request(data: dict[str, Any], max_concurrency: int,
         else:
             ids = []
             for i, cid in enumerate(raw_ids):
-                if isinstance(cid, int) and not isinstance(cid, bool) and cid >= 0:
-                    cid = str(cid)
-                if not isinstance(cid, str) or not CLIENT_ID_RE.fullmatch(cid):
-                    f.fail(f"clientIds[{i}]", "must be a client id matching "
-                                              f"{CLIENT_ID_RE.pattern}")
-                else:
-                    ids.append(cid)
+                try:
+                    ids.append(client_id_of(cid))
+                except ValueError as exc:
+                    f.fail(f"clientIds[{i}]", f"must be a client id: {exc}")
             client_ids = tuple(ids)
     if (raw_ids is None) == (tag is None) and not f.errors:
         f.fail("clientIds", "give either clientIds or tag (exactly one of them)")
-    concurrency = f.get("concurrency")
-    if concurrency is not None and (isinstance(concurrency, bool)
-                                    or not isinstance(concurrency, int)
-                                    or not 1 <= concurrency <= max_concurrency):
-        f.fail("concurrency", f"must be an integer from 1 to {max_concurrency}")
-        concurrency = None
+    # Whole numbers, written 4 or 4.0 (JSON Schema's integers); the upper limits are the
+    # configuration's (console.task_max_concurrency, console.max_command_timeout_seconds).
+    concurrency: int | None = None
+    raw_concurrency = f.number("concurrency", minimum=1)
+    if raw_concurrency is not None:
+        if raw_concurrency != int(raw_concurrency):
+            f.fail("concurrency", "must be a whole number")
+        elif raw_concurrency > max_concurrency:
+            f.fail("concurrency", f"must be at most {max_concurrency} "
+                                  "(console.task_max_concurrency)")
+        else:
+            concurrency = int(raw_concurrency)
     timeout = f.number("timeoutSeconds", "timeout_seconds", minimum=1, maximum=max_timeout)
     if f.errors:
         raise ValidationFailed(f.errors)
@@ -99,7 +101,7 @@ def _task_request(data: dict[str, Any], max_concurrency: int,
 
 def _time_arg(name: str) -> float | None:
     raw = request.args.get(name)
-    if raw is None or raw == "":
+    if raw is None:  # (given empty, it is not a time: 422)
         return None
     try:
         return parse_iso(raw)
@@ -146,9 +148,18 @@ def add_routes(app: Quart, ctx: ApiContext, tasks: Tasks, audit: AuditLog,
         answer=Answer(202, "accepted: the task", "Task",
                       headers={"Location": "the task's URL"}),
         errors=("console_disabled", "too_many_tasks", "storage_unavailable", "not_ready"),
-        links={202: _TASK_LINKS})
+        links={202: _TASK_LINKS},
+        refusals=(Refusal("clientIds[]", "there is no client"),
+                  Refusal("tag", "no client has the tag"),
+                  Refusal("clientIds", "too many clients"),
+                  Refusal("concurrency", "must be at most"),
+                  Refusal("timeoutSeconds", "must be at most")))
     async def create_task() -> Response:
         p = principal()
+        try:
+            tasks.require_creator(p)
+        except TaskError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
         cfg = ctx.config.console
         body = await request_json_object(ctx.config.http.max_body_bytes)
         req = _task_request(body, cfg.task_max_concurrency, cfg.max_command_timeout_seconds)
@@ -167,7 +178,7 @@ def add_routes(app: Quart, ctx: ApiContext, tasks: Tasks, audit: AuditLog,
                answer=Answer(200, "a page of tasks", "Tasks"))
     async def list_tasks() -> Response:
         p = principal()
-        status = _str_arg("status")
+        status = request.args.get("status")  # (given empty, not one of them: 422)
         if status is not None and status not in TASK_STATUSES:
             raise invalid_parameter("status", f"must be one of {', '.join(TASK_STATUSES)}")
         limit = int_arg(request.args.get("limit"), "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
@@ -200,12 +211,12 @@ def add_routes(app: Quart, ctx: ApiContext, tasks: Tasks, audit: AuditLog,
         description="Every console session, every command (of a session or a task), every task "
                     "and every refused attempt: who, from which address, which client, the "
                     "command line, start, end, exit status, bytes of output. Newest first.",
-        query=(Param("clientId", "only this client", {"type": "string"}),
-               Param("userId", "only this user", {"type": "string"}),
+        query=(Param("clientId", "only this client", S.text(128)),
+               Param("userId", "only this user", S.text(128)),
                Param("kind", "only this kind", {"enum": list(AUDIT_KINDS)}),
-               Param("status", "only this status", {"type": "string"}),
-               Param("sessionId", "only this session", {"type": "string"}),
-               Param("taskId", "only this task", {"type": "string"}),
+               Param("status", "only this status", S.text(32)),
+               Param("sessionId", "only this session", S.text(128)),
+               Param("taskId", "only this task", S.text(128)),
                Param("since", "started at or after (ISO 8601)",
                      {"type": "string", "format": "date-time"}),
                Param("until", "started before (ISO 8601)",
@@ -214,7 +225,7 @@ def add_routes(app: Quart, ctx: ApiContext, tasks: Tasks, audit: AuditLog,
         answer=Answer(200, "a page of records", "AuditPage"))
     async def read_audit() -> Response:
         require_role(principal(), "admin")
-        kind = _str_arg("kind")
+        kind = request.args.get("kind")  # (given empty, not one of them: 422)
         if kind is not None and kind not in AUDIT_KINDS:
             raise invalid_parameter("kind", f"must be one of {', '.join(AUDIT_KINDS)}")
         q = AuditQuery(client_id=_str_arg("clientId"), user_id=_str_arg("userId"), kind=kind,

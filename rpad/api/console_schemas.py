@@ -70,29 +70,42 @@ def _result() -> Schema:
         "outputBytes", "truncated", "error", "outputTail"))
 
 
+def _task_request() -> Schema:
+    """What the task route's reader accepts: the command (not blank), exactly one of the client
+    ids (clientIds or, deprecated, client_ids; an integer id is its decimal string) and a tag,
+    null meaning absent; the limits the configuration sets are refusals of the operation."""
+    ids = {"type": "array", "items": S.CLIENT_ID_IN, "minItems": 1, "maxItems": MAX_TARGETS}
+    tag = S.text(64, minLength=1)
+    targets = {"clientIds": ids, "client_ids": ids, "tag": tag}
+    return {
+        **S.obj(S.optional({
+            "command": S.not_blank(MAX_COMMAND_CHARS),
+            "clientIds": ids,
+            "client_ids": {**ids, "deprecated": True},
+            "tag": tag,
+            "concurrency": {"type": "integer", "minimum": 1},
+            "timeoutSeconds": {"type": "number", "minimum": 1},
+            "timeout_seconds": {"type": "number", "minimum": 1, "deprecated": True},
+        }, ("command",)), ("command",)),
+        "allOf": [
+            # Exactly one way to name the clients (the others absent or null).
+            {"anyOf": [{"required": [k], "properties": {
+                k: schema, **{o: S.NULL for o in targets if o != k}}}
+                for k, schema in targets.items()]},
+            *S.one_spelling([("timeoutSeconds", "timeout_seconds")]),
+        ],
+        "description": "Exactly one of clientIds and tag. Every client must be reachable by "
+                       "the token (admin, or an operator's exec claim).",
+        "examples": [{"command": "systemctl status nginx", "tag": "web", "concurrency": 10,
+                      "timeoutSeconds": 30}],
+    }
+
+
 def components() -> dict[str, Schema]:
     """The schemas the console's routes name (merged into the OpenAPI components)."""
     task = _task()
     return {
-        "TaskRequest": {
-            **S.obj(S.optional({
-                "command": COMMAND,
-                "clientIds": {"type": "array", "items": S.CLIENT_ID, "minItems": 1,
-                              "maxItems": MAX_TARGETS},
-                "client_ids": {"type": "array", "items": S.CLIENT_ID, "minItems": 1,
-                               "maxItems": MAX_TARGETS, "deprecated": True},
-                "tag": S.text(64, minLength=1),
-                "concurrency": {"type": "integer", "minimum": 1},
-                "timeoutSeconds": {"type": "number", "minimum": 1},
-                "timeout_seconds": {"type": "number", "minimum": 1, "deprecated": True},
-            }, ("command",)), ("command",)),
-            "oneOf": [{"required": ["clientIds"]}, {"required": ["client_ids"]},
-                      {"required": ["tag"]}],
-            "description": "Exactly one of clientIds and tag. Every client must be reachable by "
-                           "the token (admin, or an operator's exec claim).",
-            "examples": [{"command": "systemctl status nginx", "tag": "web", "concurrency": 10,
-                          "timeoutSeconds": 30}],
-        },
+        "TaskRequest": _task_request(),
         "Task": task,
         "TaskDetail": S.obj({**task["properties"], "results": {"type": "array",
                                                                "items": _result()}},

@@ -120,10 +120,11 @@ class Link:
 @attrs.frozen
 class Refusal:
     """A 422 that a request valid by the schemas can still get, for a rule JSON Schema cannot
-    state (between two fields, or against the server's clock or state): the field it names
-    and the start of its message. Listed in the document as ``x-rpad-refusals`` and in the
-    operation's description; tests/schemathesis_hooks.py accepts a 422 for a schema-valid
-    request only when each of its details is one of these."""
+    state (between two fields, or against the server's clock, state or configuration): the
+    field it names (ending in ``[]`` for any item of an array: ``clientIds[]`` stands for
+    ``clientIds[3]``) and the start of its message. Listed in the document as
+    ``x-rpad-refusals`` and in the operation's description; tests/schemathesis_hooks.py accepts
+    a 422 for a schema-valid request only when each of its details is one of these."""
 
     field: str
     message: str

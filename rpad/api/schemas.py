@@ -115,6 +115,14 @@ def text(max_chars: int, **extra: Any) -> Schema:
 PY_SPACE = "".join(f"\\u{c:04x}" for c in range(0x10000) if chr(c).isspace())
 # A string with something in it besides whitespace (as Python reads whitespace).
 NOT_BLANK = f"[^{PY_SPACE}]"
+
+
+def not_blank(max_chars: int, **extra: Any) -> Schema:
+    """A string rpad stores that must say something: at most ``max_chars`` characters, no NUL,
+    not only whitespace (as str.strip() reads it)."""
+    return string(max_chars, pattern=f"^[^\\u0000]*[^{PY_SPACE}\\u0000][^\\u0000]*$", **extra)
+
+
 TIME = string(format="date-time", description="ISO 8601 UTC with milliseconds and Z",
               examples=["2026-01-01T12:00:00.000Z"])
 NUMBER = {"type": "number"}

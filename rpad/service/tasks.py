@@ -170,15 +170,20 @@ class Tasks:
                 raise TaskError(403, "forbidden", f"this token may not run commands on {cid}")
         return targets
 
-    async def create(self, p: Principal, req: TaskRequest, *,
-                     address: str | None) -> t.TaskRecord:
-        cfg = self.config()
-        if not cfg.enabled:
+    def require_creator(self, p: Principal) -> None:
+        """TaskError 403 unless the console is on and ``p`` may run tasks at all (checked before
+        a request's body is read, so that a token that may not gets 403, whatever it sent)."""
+        if not self.config().enabled:
             raise TaskError(403, "console_disabled", "the console and tasks are switched off on "
                             "this rpad (console.enabled = false)")
         if not may_exec_anywhere(p.role, p.exec):
             raise TaskError(403, "forbidden", "running tasks needs an admin token or an operator "
                             f"token with an exec claim; this token's role is {p.role}")
+
+    async def create(self, p: Principal, req: TaskRequest, *,
+                     address: str | None) -> t.TaskRecord:
+        cfg = self.config()
+        self.require_creator(p)
         targets = self._targets(p, req)
         mine = sum(1 for r in self.running.values() if r.record.created_by == p.sub)
         if mine >= cfg.max_running_tasks_per_user:
