@@ -174,6 +174,7 @@ async def test_schemathesis(tmp_path: Path, role: str) -> None:
                                              capture_stdout=True, stderr=subprocess.STDOUT)
             nursery.cancel_scope.cancel()
         output = run.stdout.decode(errors="replace")
+        print(output)  # (shown by pytest -s, or -rP)
         assert run.returncode == 0, (f"Schemathesis ({role} token) failed:\n{output}\n"
                                      f"rpad's log:\n{rpad.stderr()[-5000:]}")
 

@@ -12,8 +12,10 @@ right under the route's own decorator::
 from the routes themselves, the rest from each route's :class:`Operation`, the schemas from
 :mod:`rpad.api.schemas`. What every route of a kind can answer is added by rule, once: a route
 with roles gets the bearer scheme and 401, 403 and 429 (too many failed authentications); one
-with a body gets 400, 413 and 422; one with path or query parameters 422, and 404 for a path
-that matches no client. A route without an :class:`Operation` is listed by
+with a body gets 400, 408 (the body too slow), 413 and 422; one with path or query parameters
+422, and 404 for a path that matches no client; every route 429 too_many_connections and 503
+server_busy (rpad.listeners and rpad.httpserve refuse a connection or a request over their caps
+before any route sees it). A route without an :class:`Operation` is listed by
 :func:`undocumented`, and the tests fail on it.
 
 Served (no token) at ``GET /api/v1/openapi.json``; :mod:`rpad.api.reference` renders it and the
@@ -229,12 +231,13 @@ def _parameters(op: Operation, names: list[str]) -> list[dict[str, Any]]:
 
 
 def _operation(endpoint: str, op: Operation, names: list[str]) -> dict[str, Any]:
-    codes = list(op.errors)
+    codes = list(op.errors) + ["too_many_connections", "server_busy"]
     if op.roles is not None:
         codes += ["unauthorized", "token_expired", "token_revoked", "forbidden",
                   "too_many_auth_failures"]
     if op.body is not None:
-        codes += ["invalid_json", "bad_request", "body_too_large", "validation_failed"]
+        codes += ["invalid_json", "bad_request", "request_timeout", "body_too_large",
+                  "validation_failed"]
     if names or op.query or op.refusals:
         codes.append("validation_failed")
     if names:
