@@ -12,7 +12,7 @@ Error handling: a hash that does not decode (written by something else) raises V
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ...core.jsonenc import dumps
@@ -58,6 +58,15 @@ def decode(flat: Flat) -> tuple[Client, int]:
     client.clock_skew_seconds = _num(f, "skew")
     client.latest_metrics = json.loads(f["mx"]) if "mx" in f else None
     return client, int(f.get("v", "0"))
+
+
+def pairs(reply: Any) -> Iterable[tuple[str, Any]]:
+    """A map's answer (HGETALL, XINFO, ...): a dict under RESP3, a flat list under RESP2 →
+    (field as text, value)."""
+    if isinstance(reply, dict):
+        return ((_text(k), v) for k, v in reply.items())
+    flat = list(reply or [])
+    return ((_text(flat[i]), flat[i + 1]) for i in range(0, len(flat) - 1, 2))
 
 
 def opt(value: Any) -> str:

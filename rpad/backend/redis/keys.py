@@ -7,10 +7,15 @@ Everything a script touches at once shares one hash tag (one slot):
   (``...:h:<id>``), the set of its client ids (``...:ids``), the deadlines of clients with a
   timeout of their own (``...:due``, score: when they time out), the last heartbeats of clients
   on the default timeout (``...:dflt``, score: the heartbeat's time, so that a new default
-  applies at once), and the sweep's fencing token (``...:fence``);
+  applies at once), the sweep's fencing token (``...:fence``) and the shard's transitions
+  (``...:tx``, a stream: went online, went offline, removed, in the order they happened,
+  for the alerting node);
 - each topic, under ``{<prefix>:t:<topic>}``: its meta hash (``seq``) and its history stream;
 - each user, under ``{<prefix>:u:<user>}``: the connections hash (cluster-wide limit);
 - each address, under ``{<prefix>:f:<address>}``: its failed authentications;
+- the alerts, under ``{<prefix>:a}`` (:class:`AlertKeys`): their lease and its token
+  counter, the outbox, the delivery log and its counters, silences, policy overrides, the
+  policy's memory and how far it has read the transitions;
 - the rest under ``{<prefix>}``: the epoch, the sweep lease and its token counter, token
   generations, the nodes' reports.
 
@@ -38,6 +43,7 @@ class Keys:
         self.lease_tokens = f"{g}:sweep:tokens"
         self.generations = f"{g}:gens"
         self.nodes = f"{g}:nodes"
+        self.alerts = AlertKeys(prefix)
         # The one Pub/Sub channel every node listens to (presence changes, topic messages,
         # messages to users, blocks).
         self.bus = f"{prefix}:bus"
@@ -47,9 +53,13 @@ class Keys:
         return f"{self.prefix}:{{{self.prefix}:p{s}}}"
 
     def shard_keys(self, s: int) -> list[str]:
-        """The keys the presence scripts declare: due, dflt, ids, fence."""
+        """The keys the presence scripts declare: due, dflt, ids, fence, tx."""
         base = self.shard(s)
-        return [f"{base}:due", f"{base}:dflt", f"{base}:ids", f"{base}:fence"]
+        return [f"{base}:due", f"{base}:dflt", f"{base}:ids", f"{base}:fence", f"{base}:tx"]
+
+    def transitions(self, s: int) -> str:
+        """Shard ``s``'s stream of transitions."""
+        return f"{self.shard(s)}:tx"
 
     def client(self, client_id: str) -> str:
         return f"{self.shard(shard_of(client_id))}:c:{client_id}"
@@ -67,3 +77,31 @@ class Keys:
 
     def failures(self, address: str) -> str:
         return f"{self.prefix}:{{{self.prefix}:f:{address}}}:fails"
+
+
+class AlertKeys:
+    """The alerts' keys, all under one hash tag (the alerting node's commits are one script).
+
+    - ``lease``, ``lease:tokens``: the alert lease (``<node>|<token>``) and its token counter;
+    - ``outbox``: delivery id -> the row (JSON); ``outbox:order``: delivery id -> its place
+      (deliveries go out in the order they were made);
+    - ``log:<target>``: a target's finished deliveries, newest first (``<n>\t<JSON>``, ``n``
+      from ``log:seq``); ``log:targets``: the targets that have a log;
+    - ``stats``: ``<target>\t<counter>`` -> n (delivered, failed, expired, dropped, orphaned,
+      attempts);
+    - ``silences``: id -> the silence (JSON); ``overrides``: ``<scope>\t<name>`` -> fields;
+    - ``policy``: client id -> the policy's memory of it (JSON), and ``\tgroup``: grouping;
+    - ``cursor``: presence shard -> the id of the last transition the policy has seen.
+    """
+
+    def __init__(self, prefix: str) -> None:
+        self.base = f"{prefix}:{{{prefix}:a}}:"
+        b = self.base
+        self.lease, self.lease_tokens = b + "lease", b + "lease:tokens"
+        self.outbox, self.order = b + "outbox", b + "outbox:order"
+        self.log_seq, self.log_targets, self.stats = b + "log:seq", b + "log:targets", b + "stats"
+        self.silences, self.overrides = b + "silences", b + "overrides"
+        self.policy, self.cursor = b + "policy", b + "cursor"
+
+    def log(self, target: str) -> str:
+        return f"{self.base}log:{target}"

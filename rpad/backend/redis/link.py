@@ -342,7 +342,7 @@ class Link:
             if event is not None:
                 event.set()
 
-    async def _bus_echo(self) -> None:
+    async def bus_sync(self) -> None:
         """Publish a message to ourselves and wait until the bus brings it back: the bus is
         subscribed and everything published before is here. Raises BackendUnavailable."""
         token = f"{random.getrandbits(64):x}"
@@ -362,7 +362,7 @@ class Link:
             try:
                 with trio.move_on_after(PROBE_TIMEOUT_SECONDS):
                     run_id = await self._server_run_id()
-                    await self._bus_echo()
+                    await self.bus_sync()
             except BackendUnavailable:
                 continue
             if run_id is None:

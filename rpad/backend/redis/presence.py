@@ -11,8 +11,8 @@ flight the next heartbeats wait, then all of them go in one pipelined round trip
 call per presence shard). With Redis's ``appendfsync always``, Redis has the write on disk
 before it answers, so a heartbeat is durable when its response is sent.
 
-The sweep runs on one node at a time: the holder of the sweep lease (``lua/lease.lua``, a key
-with a TTL, renewed every :data:`LEASE_RENEW_SECONDS`; a new holder gets a new fencing token).
+The sweep runs on one node at a time: the holder of the sweep lease (:mod:`.lease`: a key
+with a TTL, renewed every few seconds; a new holder gets a new fencing token).
 Each shard remembers the highest token that swept it and refuses an older one, so a holder
 that was paused past its lease cannot sweep after its successor. Nobody is swept during the
 start-up grace, nor for ``presence.startup_grace_seconds`` after Redis was unreachable from
@@ -58,13 +58,12 @@ from ...core.validation import Heartbeat, Registration
 from ..base import Applied, BeatResult
 from . import codec
 from .keys import PRESENCE_SHARDS, Keys, shard_of
+from .lease import Lease
 from .link import Link, text
 from .scripts import SCRIPTS
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_SECONDS = 6.0
-LEASE_RENEW_SECONDS = 2.0
 SWEEP_LIMIT_PER_SHARD = 1000
 LOAD_CHUNK = 500
 MAX_GROUP_BEATS = 5000
@@ -96,8 +95,8 @@ class RedisPresence:
         self.wall_clock = wall_clock
         self.history_per_client = cfg.history_per_client
         self.grace_seconds = cfg.grace_seconds
-        self.lease_token: int | None = None
-        self.lease_holder: str | None = None
+        self.lease = Lease(link, keys.lease, keys.lease_tokens, node_id=node_id, role="sweep")
+        self.lease.on_change.append(self._lease_changed)
         # Called when this node takes the sweep lease (the daemon's sweeper.poke): whoever is
         # due is swept at once, not at the sweeper's next upper bound.
         self.on_lease: Callable[[], None] | None = None
@@ -204,7 +203,7 @@ class RedisPresence:
             self.registry.grace_until = self.wall_clock() + self.grace_seconds
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._send_groups)
-            nursery.start_soon(self._keep_lease)
+            await nursery.start(self.lease.run)
             task_status.started()
             await trio.sleep_forever()
 
@@ -340,7 +339,8 @@ class RedisPresence:
         s = shard_of(client_id)
         shard = self.keys.shard(s)
         flat = await self.link.script(SCRIPTS["remove"], self.keys.shard_keys(s), [
-            client_id, f"{shard}:c:", f"{shard}:h:", self.link.bus_channel, self.node_id])
+            client_id, f"{shard}:c:", f"{shard}:h:", self.link.bus_channel, self.node_id,
+            repr(now)])
         if not flat:
             raise UnknownClient(client_id)
         client, _ = codec.decode(flat)
@@ -352,45 +352,21 @@ class RedisPresence:
 
     # -- the sweep -------------------------------------------------------------------------------
 
-    async def _keep_lease(self) -> None:
-        """Take the sweep lease when it is free and keep it while we live."""
-        try:
-            while True:
-                await self.hold_lease()
-                await trio.sleep(LEASE_RENEW_SECONDS)
-        finally:
-            if self.lease_token is not None:
-                with trio.CancelScope(shield=True), trio.move_on_after(1.0):
-                    try:
-                        await self.link.script(SCRIPTS["release"], [self.keys.lease],
-                                               [self.node_id, str(self.lease_token)])
-                    except BackendUnavailable:
-                        pass
-                self.lease_token = None
+    @property
+    def lease_token(self) -> int | None:
+        return self.lease.token
+
+    @property
+    def lease_holder(self) -> str | None:
+        return self.lease.holder
 
     async def hold_lease(self) -> bool:
-        """Take or renew the lease; True while this node holds it."""
-        try:
-            answer = await self.link.script(
-                SCRIPTS["lease"], [self.keys.lease, self.keys.lease_tokens],
-                [self.node_id, str(int(LEASE_TTL_SECONDS * 1000)),
-                 str(self.lease_token) if self.lease_token is not None else ""])
-        except BackendUnavailable:
-            return False  # it may lapse meanwhile: the fence guards the shards
-        token = int(answer[0])
-        if token:
-            new = self.lease_token != token
-            self.lease_token, self.lease_holder = token, self.node_id
-            if new:
-                log.info("this node (%s) now runs the sweep (lease token %d)", self.node_id,
-                         token)
-                if self.on_lease is not None:
-                    self.on_lease()
-            return True
-        if self.lease_token is not None:
-            log.warning("lost the sweep lease to %s", text(answer[1]))
-        self.lease_token, self.lease_holder = None, text(answer[1])
-        return False
+        """Take or renew the sweep lease; True while this node holds it."""
+        return await self.lease.hold()
+
+    def _lease_changed(self, token: int | None) -> None:
+        if token is not None and self.on_lease is not None:
+            self.on_lease()
 
     async def sweep(self, now: float, *,
                     swept: Callable[[], None] | None = None) -> Applied[Client]:
@@ -425,8 +401,7 @@ class RedisPresence:
                         raise answer
                     if text(answer[0]) == "fenced":
                         self.sweeps_fenced += 1
-                        log.warning("a newer sweep lease holder has swept; this node stops")
-                        self.lease_token = None
+                        self.lease.drop()
                         return Applied(clients, events)
                     if int(answer[1]):
                         again.append(s)
@@ -476,6 +451,10 @@ class RedisPresence:
         return out
 
     # -- token generations -----------------------------------------------------------------------
+
+    def version_of(self, client_id: str) -> int:
+        """The version of the client's state in the view (0: none)."""
+        return self._versions.get(client_id, 0)
 
     def token_generation(self, client_id: str) -> int:
         return self._gens.get(client_id, 0)

@@ -35,6 +35,20 @@ local function history(hkey, at, status, reason, keep)
   redis.call('LTRIM', hkey, 0, keep - 1)
 end
 
+-- Record a transition in the shard's stream of transitions, which the alerting node reads in
+-- order (ev: C went online, D went offline, X removed; v: the client hash's version after it).
+-- Bounded: the oldest go beyond TX_KEEP (a reader that fell that far behind rebuilds).
+local TX_KEEP = 4096
+local function transition(tx, id, ev, at, reason, prev, v)
+  redis.call('XADD', tx, 'MAXLEN', '~', TX_KEEP, '*', 'c', id, 'e', ev, 'at', at,
+    'r', reason or '', 'p', prev or '', 'v', v)
+end
+
+-- Wake the alerting node (once per script that recorded transitions).
+local function wake(channel, node)
+  redis.call('PUBLISH', channel, 't\n' .. node)
+end
+
 -- Tell every node the client's new state (they install it into their views).
 local function announce(channel, node, flat)
   redis.call('PUBLISH', channel, 'p\n' .. node .. '\n' .. cjson.encode(flat))

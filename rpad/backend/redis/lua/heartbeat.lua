@@ -1,5 +1,5 @@
 -- Heartbeats of one shard, each applied atomically (core/registry.py: Registry.heartbeat).
--- KEYS: due, dflt, ids, fence (of the shard)
+-- KEYS: due, dflt, ids, fence, tx (of the shard)
 -- ARGV: min_interval, auto_register (1/0), client key prefix, history key prefix,
 --       history_per_client, channel, node, then 11 per beat:
 --       id, status, version, ip, os, name, interval, metrics, metadata, skew, now
@@ -7,7 +7,8 @@
 -- Returns per beat {'ok', event, previous status, flat hash, created (1/0)} where event is
 -- C (went online), D (went offline: agent shutdown), U (status update) or '' (nothing);
 -- {'rate', seconds to wait}; or {'unknown'}.
-local due, dflt, ids = KEYS[1], KEYS[2], KEYS[3]
+local due, dflt, ids, tx = KEYS[1], KEYS[2], KEYS[3], KEYS[5]
+local woke = false
 local min_interval = tonumber(ARGV[1])
 local auto = ARGV[2] == '1'
 local cprefix, hprefix = ARGV[3], ARGV[4]
@@ -71,14 +72,17 @@ while i + 10 <= #ARGV do
     end
     set[#set + 1] = 'st'; set[#set + 1] = st
     redis.call('HSET', key, unpack(set))
-    redis.call('HINCRBY', key, 'v', 1)
+    local v = redis.call('HINCRBY', key, 'v', 1)
     index(due, dflt, id, st, now, tmo, old_ivl)
     if ev == 'C' or ev == 'D' then
       history(hprefix .. id, now_s, st, reason, keep)
+      transition(tx, id, ev, now_s, reason, was, v)
+      woke = true
     end
     local flat = redis.call('HGETALL', key)
     announce(channel, node, flat)
     out[#out + 1] = {'ok', ev, was, flat, created}
   end
 end
+if woke then wake(channel, node) end
 return out

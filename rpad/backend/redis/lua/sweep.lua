@@ -1,10 +1,10 @@
 -- The sweep of one shard, by the holder of the sweep lease (core/registry.py: Registry.sweep).
--- KEYS: due, dflt, ids, fence (of the shard)
+-- KEYS: due, dflt, ids, fence, tx (of the shard)
 -- ARGV: now, default timeout, fencing token, limit, client key prefix, history key prefix,
 --       history_per_client, channel, node
 -- Returns {'fenced'} when a newer lease holder has swept this shard (this one's lease is
 -- gone), else {'ok', more (1/0), flat hash of each client marked offline...}.
-local due, dflt, fence = KEYS[1], KEYS[2], KEYS[4]
+local due, dflt, fence, tx = KEYS[1], KEYS[2], KEYS[4], KEYS[5]
 local now, default = tonumber(ARGV[1]), tonumber(ARGV[2])
 local token, limit = tonumber(ARGV[3]), tonumber(ARGV[4])
 local cprefix, hprefix, keep = ARGV[5], ARGV[6], tonumber(ARGV[7])
@@ -25,9 +25,10 @@ for _, id in ipairs(candidates) do
     index(due, dflt, id, 'offline', 0, nil, nil)  -- a stale index entry
   elseif last == nil or now - last > effective_timeout(tmo, ivl, default) then
     redis.call('HSET', key, 'st', 'offline', 'off', tostring(now))
-    redis.call('HINCRBY', key, 'v', 1)
+    local v = redis.call('HINCRBY', key, 'v', 1)
     index(due, dflt, id, 'offline', 0, nil, nil)
     history(hprefix .. id, tostring(now), 'offline', 'timeout', keep)
+    transition(tx, id, 'D', ARGV[1], 'timeout', 'online', v)
     local flat = redis.call('HGETALL', key)
     announce(channel, node, flat)
     out[#out + 1] = flat
@@ -35,4 +36,5 @@ for _, id in ipairs(candidates) do
     index(due, dflt, id, st, last, tmo, ivl)  -- not due yet (a new timeout): its true place
   end
 end
+if #out > 2 then wake(channel, node) end
 return out
