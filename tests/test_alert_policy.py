@@ -351,3 +351,69 @@ def test_bad_silences_name_the_field() -> None:
     assert "startsAt" in fields_of({**ok, "startsAt": "yesterday"})
     assert "endsAt" in fields_of({k: v for k, v in ok.items() if k != "endsAt"})
     assert "color" in fields_of({**ok, "color": "red"})
+
+
+# -- the memory another node takes over (cluster mode) -------------------------------------------
+
+
+def _script() -> list[tuple[str, Any]]:
+    """Transitions and ticks covering every kind of memory: a delay, reminders, flapping, a
+    silence that defers, a removal, and a group."""
+    steps: list[tuple[str, Any]] = []
+    steps += [("ev", down("slow", 0)), ("ev", down("rem", 1)), ("tick", 5)]
+    for i in range(6):  # "flap" goes down and up quickly
+        steps.append(("ev", (down if i % 2 == 0 else up)("flap", 10 + i)))
+    steps += [("tick", 20), ("ev", down("quiet", 21)), ("tick", 40), ("ev", up("slow", 50)),
+              ("tick", 65), ("ev", Event(CLIENT_REMOVED, "rem", at(70), {"clientId": "rem"})),
+              ("tick", 80)]
+    steps += [("ev", down(f"g{i}", 100 + i * 0.1)) for i in range(5)]
+    steps += [("tick", 100.5), ("tick", 130), ("tick", 200), ("tick", 700), ("tick", 1400)]
+    return steps
+
+
+def _policy_for_memory() -> AlertPolicy:
+    silences = SilenceBook()
+    silences.add(Silence("s1", Match(frozenset({"quiet"}), frozenset()), at(0), at(60),
+                         "maintenance", "tester", at(0)))
+    p = AlertPolicy(Policy(alert_after_seconds=3, repeat_every_seconds=30, max_reminders=2,
+                           flap_transitions=4, flap_window_seconds=60),
+                    grouping=Grouping(group_window_seconds=10, group_threshold=3),
+                    silences=silences)
+    p.track_changes()
+    return p
+
+
+def _run(p: AlertPolicy, steps: list[tuple[str, Any]]) -> list[tuple[str, float, list[str]]]:
+    out: list[Alert] = []
+    for kind, arg in steps:
+        if kind == "ev":
+            p.observe(arg)
+        else:
+            out += p.tick(at(arg))
+    return summary(out)
+
+
+@pytest.mark.parametrize("cut", range(len(_script()) + 1))
+def test_a_policy_restored_from_its_saved_memory_carries_on_exactly(cut: int) -> None:
+    import json
+
+    steps = _script()
+    whole = _run(_policy_for_memory(), steps)
+    assert whole  # the script raises alerts of every kind
+    assert {k.rpartition(".")[2] for k, _, _ in whole} >= {"offline", "online", "reminder",
+                                                            "flapping"}
+    assert any(len(ids) > 1 for _, _, ids in whole)  # a group
+    first = _policy_for_memory()
+    before = _run(first, steps[:cut])
+    # What the alerting node saved after each step: the changes, merged as Redis's hash has
+    # them, through JSON.
+    saved: dict[str, Any] = {}
+    states, group = first.take_changes()
+    for cid, state in states.items():
+        if state is None:
+            saved.pop(cid, None)
+        else:
+            saved[cid] = json.loads(json.dumps(state))
+    second = _policy_for_memory()
+    assert second.restore(saved, json.loads(json.dumps(group)) if group else None) == []
+    assert before + _run(second, steps[cut:]) == whole

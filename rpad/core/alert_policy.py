@@ -44,14 +44,32 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections import deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
 
+from .alert_state import (
+    POLICY_FIELDS,
+    AlertItem,
+    ClientState,
+    Grouping,
+    GroupState,
+    Overrides,
+    Policy,
+    PolicyOverride,
+    group_from_json,
+    group_to_json,
+    resolve,
+    state_from_json,
+    state_to_json,
+)
 from .model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED, OFFLINE, ONLINE, Event
 from .silences import SilenceBook
+
+# The policy's values live in alert_state (with its memory); they are named here too.
+__all__ = ["KINDS", "LEVELS", "POLICY_FIELDS", "Alert", "AlertItem", "AlertPolicy", "Grouping",
+           "Overrides", "Policy", "PolicyOverride", "level_rank", "resolve"]
 
 LEVELS = ("info", "success", "warning", "error", "urgent")
 KINDS = ("offline", "online", "reminder", "flapping")
@@ -80,86 +98,6 @@ def level_rank(level: str) -> int:
 
 
 @attrs.frozen
-class Policy:
-    """When one client's transitions become alerts (see the module's rules)."""
-
-    alert_after_seconds: float = 0.0
-    recover_after_seconds: float = 0.0
-    flap_transitions: int = 6
-    flap_window_seconds: float = 600.0
-    repeat_every_seconds: float = 0.0
-    max_reminders: int = 3
-    # The level of offline alerts and reminders (a tag override can make some urgent).
-    offline_level: str = "warning"
-
-
-@attrs.frozen
-class PolicyOverride:
-    """Some fields of a :class:`Policy`, for a tag or a client; None: not overridden."""
-
-    alert_after_seconds: float | None = None
-    recover_after_seconds: float | None = None
-    flap_transitions: int | None = None
-    flap_window_seconds: float | None = None
-    repeat_every_seconds: float | None = None
-    max_reminders: int | None = None
-    offline_level: str | None = None
-
-    def fields(self) -> dict[str, Any]:
-        return {k: v for k, v in attrs.asdict(self).items() if v is not None}
-
-
-POLICY_FIELDS = tuple(a.name for a in attrs.fields(Policy))
-
-
-@attrs.frozen
-class Grouping:
-    group_window_seconds: float = 60.0
-    # 0: never group.
-    group_threshold: int = 3
-
-
-@attrs.frozen
-class Overrides:
-    """Overrides by tag and by client id (the config's and the admin API's, merged)."""
-
-    tags: Mapping[str, PolicyOverride] = attrs.Factory(dict)
-    clients: Mapping[str, PolicyOverride] = attrs.Factory(dict)
-
-
-def resolve(default: Policy, overrides: Overrides, client_id: str,
-            tags: Iterable[str]) -> Policy:
-    """The client's policy: its own override, else the first of its tags (in the client's
-    order) that sets the field, else the default."""
-    fields: dict[str, Any] = {}
-    for tag in reversed(list(tags)):
-        o = overrides.tags.get(tag)
-        if o is not None:
-            fields.update(o.fields())
-    o = overrides.clients.get(client_id)
-    if o is not None:
-        fields.update(o.fields())
-    return attrs.evolve(default, **fields) if fields else default
-
-
-@attrs.frozen
-class AlertItem:
-    """One client's part in an alert."""
-
-    client_id: str
-    # The client view when its last transition happened (name, tags, ip, version, ...).
-    client: Mapping[str, Any]
-    # Since when it is in its current state (offline since / online since).
-    since: float
-    reason: str | None = None
-    # For reminders: which one (1, 2, ...) of how many.
-    reminder: int = 0
-    max_reminders: int = 0
-    # For flapping: transitions within the window.
-    transitions: int = 0
-
-
-@attrs.frozen
 class Alert:
     """What the policy raises: one client's alert, or a group of one kind."""
 
@@ -179,25 +117,6 @@ class Alert:
         return EVENT_PREFIX + self.kind
 
 
-@attrs.define(eq=False)
-class _Client:
-    client_id: str
-    policy: Policy
-    data: Mapping[str, Any]
-    tags: tuple[str, ...]
-    status: str
-    since: float
-    reason: str | None = None
-    # An offline or flapping alert went out and no recovery since.
-    owed_recovery: bool = False
-    reminders: int = 0
-    last_alert_at: float = 0.0
-    flapping: bool = False
-    transitions: deque[float] = attrs.Factory(deque)
-    # kind -> (when it is due by the rules, when it will be looked at: later if deferred)
-    pending: dict[str, tuple[float, float]] = attrs.Factory(dict)
-
-
 class AlertPolicy:
     def __init__(self, default: Policy, *, overrides: Overrides | None = None,
                  grouping: Grouping | None = None, silences: SilenceBook | None = None) -> None:
@@ -206,14 +125,15 @@ class AlertPolicy:
         self.grouping = grouping or Grouping()
         self.silences = silences or SilenceBook()
         self._silence_version = self.silences.version
-        self._clients: dict[str, _Client] = {}
+        self._clients: dict[str, ClientState] = {}
         self._heap: list[tuple[float, int, str, str]] = []
         self._seq = itertools.count()
         self._pending_count = 0
         # Grouping: when recent messages went out; the open group (flush time, items by kind).
-        self._recent: deque[float] = deque()
-        self._group_flush_at: float | None = None
-        self._group: dict[str, list[tuple[AlertItem, str]]] = {}
+        self._g = GroupState()
+        # Changes since take_changes() (client ids; whether the group changed), when tracked.
+        self._changed: set[str] | None = None
+        self._group_changed = False
         # Counters: alerts raised by kind, messages (a group is one), deferrals by silences.
         self.raised: dict[str, int] = {}
         self.messages = 0
@@ -233,7 +153,7 @@ class AlertPolicy:
             c.policy = self.policy_for(c.client_id, c.tags)
             self._reschedule(c, now)
 
-    def _reschedule(self, c: _Client, now: float) -> None:
+    def _reschedule(self, c: ClientState, now: float) -> None:
         p = c.policy
         for kind in list(c.pending):
             if kind == "offline":
@@ -274,9 +194,68 @@ class AlertPolicy:
                 break
             heapq.heappop(heap)
         t = heap[0][0] if heap else None
-        if self._group_flush_at is not None:
-            t = self._group_flush_at if t is None else min(t, self._group_flush_at)
+        flush = self._g.flush_at
+        if flush is not None:
+            t = flush if t is None else min(t, flush)
         return t
+
+    def known_status(self, client_id: str) -> str | None:
+        """The client's status as the policy knows it (None: it keeps no state for it)."""
+        c = self._clients.get(client_id)
+        return c.status if c is not None else None
+
+    # -- memory (cluster mode: saved by the alerting node, restored by the next) ------------
+
+    def track_changes(self) -> None:
+        """From now on, remember which clients' states (and whether the grouping) changed,
+        for :meth:`take_changes`."""
+        self._changed = set()
+        self._group_changed = False
+
+    def _touch(self, client_id: str) -> None:
+        if self._changed is not None:
+            self._changed.add(client_id)
+
+    def take_changes(self) -> tuple[dict[str, dict[str, Any] | None], dict[str, Any] | None]:
+        """The states changed since the last call, as JSON (None: the policy forgot the
+        client), and the grouping's if it changed (else None)."""
+        changed, self._changed = self._changed or set(), set()
+        states: dict[str, dict[str, Any] | None] = {}
+        for cid in changed:
+            c = self._clients.get(cid)
+            states[cid] = state_to_json(c) if c is not None else None
+        group = group_to_json(self._g) if self._group_changed else None
+        self._group_changed = False
+        return states, group
+
+    def restore(self, states: Mapping[str, Mapping[str, Any]],
+                group: Mapping[str, Any] | None) -> list[str]:
+        """Take up the memory another node saved (:meth:`take_changes`); each client's policy
+        is resolved again from the ones in force. Deferred alerts are looked at again from
+        their due times (silences may have changed meanwhile). Returns the ids of states that
+        could not be read (they are started afresh)."""
+        bad = []
+        for cid, d in states.items():
+            try:
+                c = state_from_json(cid, d, self.default)
+            except (KeyError, TypeError, ValueError):
+                bad.append(cid)
+                continue
+            c.policy = self.policy_for(cid, c.tags)
+            old = self._clients.pop(cid, None)
+            if old is not None:
+                self._pending_count -= len(old.pending)
+            self._clients[cid] = c
+            self._pending_count += len(c.pending)
+            for kind, (_, look) in c.pending.items():
+                heapq.heappush(self._heap, (look, next(self._seq), cid, kind))
+        if group is not None:
+            try:
+                self._g = group_from_json(group)
+            except (KeyError, TypeError, ValueError):
+                bad.append("(grouping)")
+        self._silence_version = -1  # look at deferred alerts again
+        return bad
 
     # -- transitions ---------------------------------------------------------------------------
 
@@ -289,9 +268,10 @@ class AlertPolicy:
         if status != OFFLINE:
             return  # an online client needs no state until it transitions
         tags = tuple(data.get("tags") or ())
-        c = _Client(client_id, self.policy_for(client_id, tags), _kept(data), tags, status,
+        c = ClientState(client_id, self.policy_for(client_id, tags), _kept(data), tags, status,
                     since, reason)
         self._clients[client_id] = c
+        self._touch(client_id)
         if status == OFFLINE:
             due = since + c.policy.alert_after_seconds
             if due <= now:
@@ -307,19 +287,21 @@ class AlertPolicy:
             c = self._clients.pop(ev.client_id, None)
             if c is not None:
                 self._pending_count -= len(c.pending)
+                self._touch(ev.client_id)
             return
         if ev.type not in (CLIENT_CONNECTED, CLIENT_DISCONNECTED):
             return
         tags = tuple(ev.data.get("tags") or ())
         c = self._clients.get(ev.client_id)
         if c is None:
-            c = _Client(ev.client_id, self.policy_for(ev.client_id, tags), {}, tags,
+            c = ClientState(ev.client_id, self.policy_for(ev.client_id, tags), {}, tags,
                         ev.previous_status or "unknown", t)
             self._clients[ev.client_id] = c
         elif tags != c.tags:
             c.tags = tags
             c.policy = self.policy_for(ev.client_id, tags)
         first = c.status == "unknown" and ev.type == CLIENT_CONNECTED
+        self._touch(ev.client_id)
         c.data = _kept(ev.data)
         c.since = t
         p = c.policy
@@ -344,7 +326,7 @@ class AlertPolicy:
                 return
         self._settle(c, t)
 
-    def _settle(self, c: _Client, t: float) -> None:
+    def _settle(self, c: ClientState, t: float) -> None:
         """What the client's current state calls for (not flapping)."""
         p = c.policy
         if c.status == OFFLINE:
@@ -365,22 +347,25 @@ class AlertPolicy:
 
     # -- scheduling ----------------------------------------------------------------------------
 
-    def _schedule(self, c: _Client, kind: str, due: float, now: float) -> None:
+    def _schedule(self, c: ClientState, kind: str, due: float, now: float) -> None:
+        self._touch(c.client_id)
         if kind not in c.pending:
             self._pending_count += 1
         c.pending[kind] = (due, due)
         heapq.heappush(self._heap, (due, next(self._seq), c.client_id, kind))
         self._maybe_compact()
 
-    def _defer(self, c: _Client, kind: str, until: float) -> None:
+    def _defer(self, c: ClientState, kind: str, until: float) -> None:
         due = c.pending[kind][0]
+        self._touch(c.client_id)
         c.pending[kind] = (due, until)
         heapq.heappush(self._heap, (until, next(self._seq), c.client_id, kind))
         self.deferred += 1
 
-    def _cancel(self, c: _Client, kind: str) -> None:
+    def _cancel(self, c: ClientState, kind: str) -> None:
         if c.pending.pop(kind, None) is not None:
             self._pending_count -= 1
+            self._touch(c.client_id)
 
     def _maybe_compact(self) -> None:
         if len(self._heap) > max(HEAP_COMPACT_MIN, HEAP_COMPACT_FACTOR * self._pending_count):
@@ -399,6 +384,7 @@ class AlertPolicy:
             for kind, (due, look) in list(c.pending.items()):
                 if look != due:
                     c.pending[kind] = (due, due)
+                    self._touch(c.client_id)
                     heapq.heappush(self._heap, (due, next(self._seq), c.client_id, kind))
 
     # -- ticking -------------------------------------------------------------------------------
@@ -409,7 +395,7 @@ class AlertPolicy:
         out: list[Alert] = []
         heap = self._heap
         while True:
-            flush = self._group_flush_at
+            flush = self._g.flush_at
             head = heap[0][0] if heap else None
             if flush is not None and flush <= now and (head is None or flush <= head):
                 self._flush_group(flush, out)
@@ -423,8 +409,9 @@ class AlertPolicy:
             self._due(c, kind, look, out)
         return out
 
-    def _due(self, c: _Client, kind: str, t: float, out: list[Alert]) -> None:
+    def _due(self, c: ClientState, kind: str, t: float, out: list[Alert]) -> None:
         p = c.policy
+        self._touch(c.client_id)
         if kind == _FLAP_END:
             self._cancel(c, kind)
             c.flapping = False
@@ -477,11 +464,12 @@ class AlertPolicy:
 
     def _raise(self, kind: str, level: str, t: float, item: AlertItem, out: list[Alert]) -> None:
         self.raised[kind] = self.raised.get(kind, 0) + 1
-        g = self.grouping
-        if self._group_flush_at is not None:
-            self._group.setdefault(kind, []).append((item, level))
+        g, mem = self.grouping, self._g
+        self._group_changed = True
+        if mem.flush_at is not None:
+            mem.members.setdefault(kind, []).append((item, level))
             return
-        recent = self._recent
+        recent = mem.recent
         while recent and recent[0] <= t - g.group_window_seconds:
             recent.popleft()
         if g.group_threshold <= 0 or len(recent) < g.group_threshold:
@@ -489,18 +477,20 @@ class AlertPolicy:
             self.messages += 1
             out.append(Alert(kind, level, t, (item,)))
             return
-        self._group_flush_at = t + g.group_window_seconds
-        self._group = {kind: [(item, level)]}
+        mem.flush_at = t + g.group_window_seconds
+        mem.members = {kind: [(item, level)]}
 
     def _flush_group(self, t: float, out: list[Alert]) -> None:
+        mem = self._g
+        self._group_changed = True
         for kind in KINDS:
-            members = self._group.get(kind)
+            members = mem.members.get(kind)
             if not members:
                 continue
             level = max((lv for _, lv in members), key=level_rank)
             items = tuple(sorted((i for i, _ in members), key=lambda i: i.client_id))
             out.append(Alert(kind, level, t, items, grouped=len(items) > 1))
-            self._recent.append(t)
+            mem.recent.append(t)
             self.messages += 1
-        self._group = {}
-        self._group_flush_at = None
+        mem.members = {}
+        mem.flush_at = None
