@@ -58,6 +58,7 @@ from .listen import reuse_port_socket
 from .listeners import ConnectionGate, Limits, ensure_file_limit
 from .service.alerts import Alerts
 from .service.client_history import ClientHistory
+from .service.cluster_alerts import ClusterAlerts
 from .service.commands import Commands
 from .service.console import Console
 from .service.feeds import Feeds
@@ -143,8 +144,9 @@ class Daemon:
         keys = load_keys(cfg)
         logs.add_secrets(keys.secrets)
         self.metrics = Metrics(epoch=self.epoch, reloads=lambda: self.reload_results)
-        # SQLite: the whole state with the local backend; in cluster mode only this node's
-        # alert outbox (the alerts of the transitions this node saw; Redis holds the rest).
+        # SQLite: the whole state with the local backend; in cluster mode Redis holds the
+        # state (alerts included) and the database is only opened (to say if it holds alerts
+        # queued by an earlier version, which queued them per node).
         store = Store(cfg.database_path, commit_interval_ms=cfg.storage.commit_interval_ms,
                       max_batch=cfg.storage.max_batch,
                       history_per_client=cfg.presence.history_per_client,
@@ -214,6 +216,12 @@ class Daemon:
         cfg = self.config
         cluster = self.cluster = RedisCluster(cfg, self._registry(), epoch=self.epoch,
                                               wall_clock=self.wall_clock)
+        left = (await LocalAlertStore(store).load()).outbox
+        if left:
+            log.warning("%d alert deliveries are queued in this node's SQLite outbox (%s) by an "
+                        "earlier version of rpad, which queued alerts per node in cluster mode; "
+                        "they are not delivered: alerts are now queued in Redis for the whole "
+                        "cluster", len(left), store.path)
         self.backend = cluster.presence
         self.failures = cluster.failures
         self._build(keys, store, cluster.presence, cluster.presence.registry,
@@ -250,10 +258,17 @@ class Daemon:
         fanout = Fanout(counters, wall_clock=self.wall_clock)
         self.broker = make_broker(fanout)
         feeds = self.feeds = Feeds(self.broker, wall_clock=self.wall_clock)
-        self.alerts = Alerts(cfg.alerts, LocalAlertStore(store), feeds,
-                             wall_clock=self.wall_clock,
-                             client_view=lambda cid: (registry.view(c) if (c := registry.get(cid))
-                                                      is not None else None))
+
+        def client_view(cid: str) -> dict[str, Any] | None:
+            c = registry.get(cid)
+            return registry.view(c) if c is not None else None
+
+        if cluster is None:
+            self.alerts = Alerts(cfg.alerts, LocalAlertStore(store), feeds,
+                                 wall_clock=self.wall_clock, client_view=client_view)
+        else:  # one alerting node for the cluster, its state shared in Redis
+            self.alerts = ClusterAlerts(cfg.alerts, cluster.alerts, feeds,
+                                        wall_clock=self.wall_clock, client_view=client_view)
         self.presence = Presence(backend, feeds, self.alerts, wall_clock=self.wall_clock,
                                  registrations=RatePerKey(cfg.presence.registrations_per_minute))
         self.windows = WindowPusher(fanout, registry, lambda: self.config.push.interval_seconds)

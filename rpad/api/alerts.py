@@ -78,6 +78,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                answer=Answer(200, "the silences", "Silences"))
     async def list_silences() -> Response:
         principal("viewer")
+        await alerts.refresh()
         return json_response({"silences": alerts.silences_json(),
                               "serverTime": _iso_now(ctx)})
 
@@ -105,6 +106,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                answer=Answer(200, "the policies", "Policies"))
     async def policies() -> Response:
         principal("viewer")
+        await alerts.refresh()
         return json_response(alerts.policies_json())
 
     def tag_of(tag: str) -> str:
@@ -201,7 +203,7 @@ def add_routes(app: Quart, ctx: ApiContext) -> None:
                                      "message": "is required: the name of a configured target"}])
         if not TARGET_NAME_RE.fullmatch(target):
             raise ValidationFailed([{"field": "target", "message": TARGET_NAME_MESSAGE}])
-        delivery_id = alerts.send_test(target, p.sub)
+        delivery_id = await alerts.send_test(target, p.sub)
         return json_response({"target": target, "deliveryId": delivery_id, "queued": True}, 202)
 
 

@@ -314,6 +314,14 @@ def _cluster_families(snap: Mapping[str, Any]) -> Iterable[Metric]:
     yield GaugeMetricFamily("rpad_cluster_sweep_lease",
                             "1 while this node holds the sweep lease.",
                             value=1 if snap["sweep_lease"] else 0)
+    yield GaugeMetricFamily("rpad_cluster_alert_lease",
+                            "1 while this node holds the alert lease (it runs the alert policy "
+                            "and delivers for the cluster).",
+                            value=1 if snap["alert_lease"] else 0)
+    yield CounterMetricFamily("rpad_cluster_alert_writes_refused",
+                              "Steps of this node as the alerting node that Redis refused "
+                              "because another node held the alert lease by then.",
+                              value=snap["alert_writes_refused"])
     yield CounterMetricFamily("rpad_cluster_redis_round_trips",
                               "Round trips to Redis (a pipelined batch is one).",
                               value=snap["round_trips"])

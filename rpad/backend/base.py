@@ -30,7 +30,7 @@ batch refuses only itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, Generic, Protocol, TypeVar
 
 import attrs
@@ -356,8 +356,7 @@ class AlertStore(Protocol):
     """The alerts' durable state. Writes are staged (never block; they share the presence
     writes' group commit, so a heartbeat costs no extra fsync) and raise
     :class:`~rpad.core.errors.StorageUnavailable` only when the store is closed;
-    :meth:`durable` waits for them. With several nodes (a shared backend), one node at a time
-    should deliver (see the cluster issue)."""
+    :meth:`durable` waits for them. With several nodes, see :class:`SharedAlertStore`."""
 
     async def load(self) -> AlertState: ...
 
@@ -468,4 +467,106 @@ class TaskStore(Protocol):
 
     def prune(self, before: float) -> None:
         """Forget tasks that ended before ``before``."""
+        ...
+
+
+@attrs.frozen
+class Transition:
+    """A presence transition as a shared backend recorded it, for the alerting node: every
+    node's, in the order they happened to each client. ``type`` is CLIENT_CONNECTED,
+    CLIENT_DISCONNECTED or CLIENT_REMOVED; ``version``: the client's version after it (a
+    removed client starts again from 1)."""
+
+    client_id: str
+    type: str
+    at: float
+    reason: str | None
+    previous_status: str | None
+    version: int
+
+
+@attrs.frozen
+class TermStart:
+    """What a node finds when its term as the alerting node begins.
+
+    ``outbox``: the deliveries not yet made, in order; ``states``/``group``: the alert
+    policy's memory as the previous alerting node last saved it (the JSON of
+    :mod:`rpad.core.alert_state`). When every transition since then is still recorded,
+    ``clients`` is None and :meth:`AlertTerm.transitions` starts with the first one the
+    memory has not seen. Otherwise (the first term ever, or a record that was trimmed) the
+    transitions start from now, and ``clients`` is every client as the view had it then, each
+    at ``versions[client_id]``: rebuild from those, and skip a transition of a client at or
+    below its version there."""
+
+    outbox: list[OutboxRow]
+    states: dict[str, dict[str, Any]]
+    group: dict[str, Any] | None
+    clients: list[Client] | None
+    versions: dict[str, int]
+
+
+class AlertTerm(Protocol):
+    """This node's term as the cluster's alerting node, while it holds the alert lease.
+    Everything it stages (deliveries, the policy's memory) is written only while the lease is
+    still held with this term's token (fenced); a write that is refused ends the term."""
+
+    token: int
+
+    async def start(self) -> TermStart: ...
+
+    async def transitions(self) -> list[Transition]:
+        """The next transitions of the cluster (waits until there are some); each client's in
+        the order they happened."""
+        ...
+
+    def save_policy(self, states: Mapping[str, dict[str, Any] | None],
+                    group: dict[str, Any] | None) -> None:
+        """Stage the policy's changed memory (None: forget that client) with how far the
+        transitions have been read, in the same atomic write as everything staged before."""
+        ...
+
+    async def settled(self) -> None:
+        """Wait until everything staged so far is written (through a backend outage); never
+        returns if the write was refused (the term is ending)."""
+        ...
+
+
+class SharedAlertStore(AlertStore, Protocol):
+    """An :class:`AlertStore` that several nodes share (cluster mode). Every node reads and
+    writes silences, overrides and test deliveries (any node's admin API answers the same);
+    one node at a time, the holder of the alert lease, runs the policy and delivers
+    (:meth:`lead`). :meth:`durable` raises
+    :class:`~rpad.core.errors.BackendUnavailable` while the backend cannot be reached."""
+
+    @property
+    def holder(self) -> str | None:
+        """The node that holds the alert lease, as last seen."""
+        ...
+
+    def on_changed(self, callback: Callable[[str], None]) -> None:
+        """``callback(kind)`` when another node changed ``silences``, ``overrides`` or the
+        ``outbox``, and for all three when the backend is back after an outage."""
+        ...
+
+    async def settings(self) -> AlertState:
+        """Silences and overrides as the backend has them now (the outbox left empty)."""
+        ...
+
+    async def pending(self) -> list[OutboxRow]:
+        """The deliveries not yet made, in order."""
+        ...
+
+    async def counters(self) -> dict[str, dict[str, int]]:
+        """Per target: delivered, failed, expired, dropped, orphaned, attempts (all nodes)."""
+        ...
+
+    async def add_external(self, row: OutboxRow) -> None:
+        """Queue a delivery from any node (a test alert): durable on return; the alerting
+        node is told."""
+        ...
+
+    async def lead(self, term: Callable[[AlertTerm], Awaitable[None]], *,
+                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep trying to hold the alert lease; while held, run ``term(...)``, cancelled when
+        the lease is lost. At the end, write what is staged and give the lease back."""
         ...

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 import attrs
 import trio
 
-from ..backend.base import AlertStore, DeliveryRecord
+from ..backend.base import AlertStore, DeliveryRecord, OutboxRow
 from ..config import AlertsConfig
 from ..config_alerts import override_problems
 from ..core.alert_policy import (
@@ -153,16 +153,17 @@ class Alerts:
         self._wake.set()
 
     async def set_override(self, scope: str, name: str, o: PolicyOverride, who: str) -> None:
-        self.api_overrides[(scope, name)] = o
         self.store.put_override(scope, name, _override_json(o))
+        self.api_overrides[(scope, name)] = o
         self._apply_policy()
         log.info("alert policy override for %s %s set by %s: %s", scope, name, who, o.fields())
         await self.store.durable()
 
     async def delete_override(self, scope: str, name: str, who: str) -> bool:
-        if self.api_overrides.pop((scope, name), None) is None:
+        if (scope, name) not in self.api_overrides:
             return False
         self.store.delete_override(scope, name)
+        del self.api_overrides[(scope, name)]
         self._apply_policy()
         log.info("alert policy override for %s %s removed by %s", scope, name, who)
         await self.store.durable()
@@ -186,10 +187,10 @@ class Alerts:
     async def add_silence(self, data: Any, who: str) -> Silence:
         now = self.wall_clock()
         silence = parse_silence(data, now=now, silence_id=new_id()[:16], principal=who)
-        self.silences.add(silence)
         body = silence.to_json(now)
         body.pop("active")
         self.store.put_silence(silence.id, silence.ends_at, body)
+        self.silences.add(silence)
         self._wake.set()
         log.info("silence %s created by %s (%s) until %s: %s", silence.id, who,
                  silence.created_by, iso(silence.ends_at), silence.match.to_json())
@@ -212,10 +213,11 @@ class Alerts:
                                            {"event": event, "silenceId": s.id}))
 
     async def delete_silence(self, silence_id: str, who: str) -> Silence | None:
-        silence = self.silences.remove(silence_id)
-        if silence is None:
+        if silence_id not in self.silences.silences:
             return None
         self.store.delete_silence(silence_id)
+        silence = self.silences.remove(silence_id)
+        assert silence is not None
         self._wake.set()
         log.info("silence %s deleted by %s", silence_id, who)
         self._tell_dashboards("silence.deleted", silence)
@@ -225,6 +227,10 @@ class Alerts:
     def silences_json(self) -> list[dict[str, Any]]:
         return self.silences.active_json(self.wall_clock())
 
+    async def refresh(self) -> None:
+        """Bring silences and overrides up to date before the API reads them (one node: they
+        are; see :class:`~rpad.service.cluster_alerts.ClusterAlerts`)."""
+
     # -- start ---------------------------------------------------------------------------------
 
     async def load(self, clients: Iterable[Client], view: Callable[[Client], dict[str, Any]]) -> None:
@@ -233,17 +239,13 @@ class Alerts:
         state = await self.store.load()
         now = self.wall_clock()
         for body in state.silences:
-            m = body["match"]
-            s = Silence(body["id"], _match(m), parse_iso(body["startsAt"]),
-                        parse_iso(body["endsAt"]), body["comment"], body["createdBy"],
-                        parse_iso(body["createdAt"]))
+            s = silence_of(body)
             if s.ends_at > now:
                 self.silences.add(s)
             else:
                 self.store.delete_silence(s.id)
         for scope, name, fields in state.overrides:
-            known = {_OVERRIDE_FIELDS[k]: v for k, v in fields.items() if k in _OVERRIDE_FIELDS}
-            self.api_overrides[(scope, name)] = PolicyOverride(**known)
+            self.api_overrides[(scope, name)] = override_of(fields)
         self.policy.reconfigure(self.config.policy.policy(), self._overrides(),
                                 self.config.policy.grouping(), now)
         self.outbox.load(state.outbox)
@@ -276,11 +278,16 @@ class Alerts:
         nc = self.config.notifications
         if (self.notices is not None and nc.enabled and alert.filter_event in nc.events
                 and level_rank(alert.level) >= level_rank(nc.min_level)):
-            self.notices.publish_notice(notice_for(alert, now=self.wall_clock()))
+            self._notice(notice_for(alert, now=self.wall_clock()))
             self.notifications_sent += 1
         names = ", ".join(i.client_id for i in alert.items[:5])
         more = f" and {len(alert.items) - 5} more" if len(alert.items) > 5 else ""
         log.info("alert %s (%s): %s%s", alert.event, alert.level, names, more)
+
+    def _notice(self, notice: Notice) -> None:
+        """An alert's NOTIFICATION to the dashboards."""
+        if self.notices is not None:
+            self.notices.publish_notice(notice)
 
     def tick(self) -> None:
         """Send every alert due now."""
@@ -300,8 +307,12 @@ class Alerts:
                 await self._wake.wait()
             if trio.current_time() >= next_prune:
                 next_prune = trio.current_time() + PRUNE_INTERVAL_SECONDS
-                for s in self.silences.prune(self.wall_clock()):
-                    self.outbox.stage(lambda s=s: self.store.delete_silence(s.id))  # type: ignore[misc]
+                self._prune()
+
+    def _prune(self) -> None:
+        """Let ended silences go."""
+        for s in self.silences.prune(self.wall_clock()):
+            self.outbox.stage(lambda s=s: self.store.delete_silence(s.id))  # type: ignore[misc]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The ticker and the outbox's workers, until cancelled."""
@@ -319,18 +330,26 @@ class Alerts:
     def channels(self) -> list[Channel]:
         return [q.channel for q in self.outbox.queues.values()]
 
-    def send_test(self, target: str, who: str) -> str:
-        """Queue a test alert for a configured target; returns its delivery id. Raises
-        NotFound (``unknown_target``) for a name that is not a configured target, Conflict
+    def _test_target(self, target: str, queued: Iterable[OutboxRow]) -> Channel:
+        """The configured target of that name, with no test queued for it. Raises NotFound
+        (``unknown_target``) for a name that is not a configured target, Conflict
         (``test_pending``) while an earlier test for it is still queued."""
         q = self.outbox.queues.get(target)
         if q is None:
             names = ", ".join(sorted(self.outbox.queues)) or "none are configured"
             raise NotFound("unknown_target",
                            f"no alert target of this name is configured ({names})")
-        if any(r.payload.get("kind") == "test" for r in q.pending):
+        if any(r.target == target and r.payload.get("kind") == "test" for r in queued):
             raise Conflict("test_pending", "a test alert for this target is still queued; see "
                                            "GET /api/v1/alerts/deliveries")
+        return q.channel
+
+    async def send_test(self, target: str, who: str) -> str:
+        """Queue a test alert for a configured target; returns its delivery id (errors: see
+        :meth:`_test_target`)."""
+        q = self.outbox.queues.get(target)
+        self._test_target(target, q.pending if q is not None else ())
+        assert q is not None
         alert_id = new_id()
         rows = self.outbox.enqueue(test_payload(self.wall_clock(), alert_id, "", target),
                                    [q.channel], alert_id=alert_id)
@@ -385,6 +404,19 @@ class Alerts:
 
 def _match(m: dict[str, Any]) -> Match:
     return Match(frozenset(m.get("clientIds") or ()), frozenset(m.get("tags") or ()))
+
+
+def silence_of(body: dict[str, Any]) -> Silence:
+    """A silence from its stored JSON (:meth:`Silence.to_json` without ``active``)."""
+    return Silence(body["id"], _match(body["match"]), parse_iso(body["startsAt"]),
+                   parse_iso(body["endsAt"]), body["comment"], body["createdBy"],
+                   parse_iso(body["createdAt"]))
+
+
+def override_of(fields: dict[str, Any]) -> PolicyOverride:
+    """An override from its stored JSON (camelCase fields; unknown ones are ignored)."""
+    return PolicyOverride(**{_OVERRIDE_FIELDS[k]: v for k, v in fields.items()
+                             if k in _OVERRIDE_FIELDS})
 
 
 def _record_json(r: DeliveryRecord) -> dict[str, Any]:

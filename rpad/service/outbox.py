@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import trio
@@ -49,6 +49,7 @@ SHUTDOWN_DRAIN_SECONDS = 5.0
 DROP_LOG_EVERY = 100
 # The delivery log names at most this many clients of a grouped alert.
 LOG_CLIENTS = 5
+FINISHED_IDS_KEPT = 10_000
 
 
 def retry_delay(attempt: int) -> float:
@@ -137,6 +138,10 @@ class TargetQueue:
 
     async def _attempt(self, row: OutboxRow) -> None:
         outbox, channel = self.outbox, self.channel
+        if outbox.before_attempt is not None:
+            await outbox.before_attempt()  # its row is written (cluster mode)
+            if not self.pending or self.pending[0] is not row:
+                return  # the queue changed meanwhile (a reload): look again
         self.attempts += 1
         row.attempts += 1
         self.pending.popleft()
@@ -177,18 +182,31 @@ class TargetQueue:
                 "attempts": self.attempts, "queued": self.queued}
 
     def pending_json(self) -> list[dict[str, Any]]:
-        return [{"deliveryId": r.delivery_id, "target": r.target, "event": r.payload.get("event"),
-                 "level": r.payload.get("level"), "clients": clients_summary(r.payload),
-                 "createdAt": iso(r.created_at), "attempts": r.attempts,
-                 "nextAttemptAt": iso(r.next_attempt_at), "lastError": r.last_error,
-                 "outcome": "in_flight" if r is self.in_flight else "pending"}
+        return [pending_json(r, r is self.in_flight)
                 for r in ([self.in_flight] if self.in_flight else []) + list(self.pending)]
 
 
+def pending_json(r: OutboxRow, in_flight: bool = False) -> dict[str, Any]:
+    """A delivery not yet made, as the delivery log's API shows it."""
+    return {"deliveryId": r.delivery_id, "target": r.target, "event": r.payload.get("event"),
+            "level": r.payload.get("level"), "clients": clients_summary(r.payload),
+            "createdAt": iso(r.created_at), "attempts": r.attempts,
+            "nextAttemptAt": iso(r.next_attempt_at), "lastError": r.last_error,
+            "outcome": "in_flight" if in_flight else "pending"}
+
+
 class Outbox:
+    """Every target's queue. ``before_attempt`` (cluster mode) is awaited before each
+    attempt: it returns once the delivery's row is written to the shared backend."""
+
     def __init__(self, store: AlertStore, *, wall_clock: Callable[[], float],
-                 max_age_seconds: Callable[[], float], keep_per_target: Callable[[], int]) -> None:
+                 max_age_seconds: Callable[[], float], keep_per_target: Callable[[], int],
+                 before_attempt: Callable[[], Awaitable[None]] | None = None) -> None:
         self.store = store
+        self.before_attempt = before_attempt
+        # The ids of the latest deliveries finished here (a shared outbox may still list one
+        # whose end is being written: it is not taken up again).
+        self.finished_ids: dict[str, None] = {}
         self.wall_clock = wall_clock
         self.max_age_seconds = max_age_seconds
         self.keep_per_target = keep_per_target
@@ -208,6 +226,9 @@ class Outbox:
                 log.warning("the store is closed: alert deliveries are no longer recorded")
 
     def finish(self, row: OutboxRow, outcome: str, detail: str | None) -> None:
+        self.finished_ids[row.delivery_id] = None
+        if len(self.finished_ids) > FINISHED_IDS_KEPT:
+            del self.finished_ids[next(iter(self.finished_ids))]
         p = row.payload
         record = DeliveryRecord(row.delivery_id, row.target, str(p.get("event")),
                                 str(p.get("level")), clients_summary(p), row.created_at,
@@ -238,8 +259,17 @@ class Outbox:
                 self.finish(row, "dropped", "the target's queue was full")
         return rows
 
-    def load(self, rows: Iterable[OutboxRow]) -> None:
-        """Deliveries found in the outbox at start, in the order they were made."""
+    def known_ids(self) -> set[str]:
+        """Deliveries queued here, in flight, or finished lately."""
+        ids = set(self.finished_ids)
+        for q in self.queues.values():
+            ids.update(r.delivery_id for r in q.pending)
+            if q.in_flight is not None:
+                ids.add(q.in_flight.delivery_id)
+        return ids
+
+    def load(self, rows: Iterable[OutboxRow], *, why: str = "from before the restart") -> None:
+        """Deliveries found in the outbox (at start, in the order they were made)."""
         n = 0
         for row in rows:
             q = self.queues.get(row.target)
@@ -252,7 +282,7 @@ class Outbox:
             q.wake()
             n += 1
         if n:
-            log.info("%d queued alert deliveries from before the restart", n)
+            log.info("%d queued alert deliveries %s", n, why)
 
     def set_channels(self, channels: list[Channel]) -> None:
         """Apply the configured targets (at start and on reload)."""

@@ -2,7 +2,9 @@
 
 :class:`RedisCluster` holds this node's :class:`~.link.Link` and the backends built on it:
 :class:`~.presence.RedisPresence`, :class:`~.broker.RedisBroker` (made once the hub's
-delivery exists), :class:`~.failures.RedisFailureCounter` and :class:`~.nodes.ClusterNodes`.
+delivery exists), :class:`~.failures.RedisFailureCounter`, :class:`~.nodes.ClusterNodes` and
+:class:`~.alerts.RedisAlertStore` (the alerts' shared state; the alert lease is kept by the
+service that runs the policy, through :meth:`~.alerts.RedisAlertStore.lead`).
 It reports the node's health (Redis reachable or not, how stale the view is, durability) for
 ``/api/v1/health`` and ``/metrics``, and tells this node's dashboards when Redis becomes
 unreachable and when it is back (``SYSTEM_MESSAGE`` on ``system``, through ``on_degraded``).
@@ -29,6 +31,7 @@ from ...core.registry import Registry
 from ...core.times import iso
 from ...core.topics import SYSTEM_MESSAGE, TOPIC_SYSTEM
 from ..base import Delivery
+from .alerts import RedisAlertStore
 from .broker import RedisBroker
 from .failures import RedisFailureCounter
 from .keys import Keys
@@ -76,6 +79,7 @@ class RedisCluster:
                                             node_id=self.node_id, wall_clock=wall_clock)
         self.nodes = ClusterNodes(self.link, self.keys, node_id=self.node_id,
                                   wall_clock=wall_clock)
+        self.alerts = RedisAlertStore(self.link, self.keys, self.presence, node_id=self.node_id)
         self.broker: RedisBroker | None = None
         self.history_size = cfg.websocket.history_size
 
@@ -125,6 +129,7 @@ class RedisCluster:
                     await parts.start(self.presence.run)
                     await parts.start(self.failures.run)
                     await parts.start(self.nodes.run)
+                    await parts.start(self.alerts.run)
                     task_status.started()
                     await trio.sleep_forever()
             finally:
@@ -150,6 +155,7 @@ class RedisCluster:
             "durability": self.durability,
             "durable": self.link.durable,
             "sweepLeaseHolder": self.presence.lease_holder,
+            "alertLeaseHolder": self.alerts.holder,
             "epoch": self.broker.epoch if self.broker is not None else None,
         }}
 
@@ -165,5 +171,7 @@ class RedisCluster:
             "heartbeat_groups": p.groups_sent,
             "heartbeats_sent": p.beats_sent,
             "sweep_lease": p.lease_token is not None,
+            "alert_lease": self.alerts.lease.token is not None,
+            "alert_writes_refused": self.alerts.refusals,
             "gaps_filled": self.broker.gaps_filled if self.broker is not None else 0,
         }

@@ -17,7 +17,7 @@ import attrs
 
 _WITH_COMMON = ("heartbeat", "sweep", "register", "remove")
 _NAMES = ("heartbeat", "sweep", "register", "remove", "publish", "replay", "claim", "failure",
-          "lease", "release", "generation")
+          "lease", "release", "generation", "alerts")
 
 
 @attrs.frozen
