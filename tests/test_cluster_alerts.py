@@ -24,7 +24,7 @@ from .test_alerts import HttpReceiver
 from .test_cluster import cluster_config  # noqa: F401 - a fixture
 from .wsclient import StartDaemon, daemons, ws_connect  # noqa: F401 - a fixture
 
-TIMEOUT_SECONDS = 30
+TIMEOUT_SECONDS = 25
 PRESENCE = {"heartbeat_timeout_seconds": 2, "check_interval_seconds": 0.25,
             "startup_grace_seconds": 0, "min_interval_seconds": 0}
 
@@ -176,6 +176,12 @@ async def test_a_test_alert_through_any_node_is_delivered_once(
         got = await receiver.wait_for(1)
         assert got[0].json()["kind"] == "test"
         assert got[0].json()["deliveryId"] == r.json()["deliveryId"]
+        await quiet(receiver, 1.0)
+        # Through the alerting node itself too.
+        r = await holder.request("POST", "/api/v1/alerts/test", json={"target": target["target"]})
+        assert r.status_code == 202, r.text
+        got = await receiver.wait_for(2)
+        assert got[1].json()["deliveryId"] == r.json()["deliveryId"]
         await quiet(receiver, 1.0)
 
 

@@ -328,9 +328,13 @@ class ClusterAlerts(Alerts):
         self._save()
 
     async def _feed(self, term: AlertTerm) -> None:
-        """Every transition of the cluster into the policy, in order."""
+        """Every transition of the cluster into the policy, in order (with the silences and
+        overrides read after them)."""
         while True:
             batch = await term.transitions()
+            # The settings as they are now, after these transitions were written: a silence
+            # acknowledged before a transition holds for it, whichever node took either.
+            await self.refresh()
             for t in batch:
                 if self._fresh(t):
                     self.policy.observe(self._event(t))

@@ -206,11 +206,18 @@ class RedisAlertStore:
         await self._wait_written(fail_when_down=True)
 
     async def settled(self, fence: str) -> None:
-        """Wait until everything staged so far is written (through outages); never return if
-        ``fence``'s writes were refused (its term is ending)."""
+        """Wait until everything staged so far is written (through outages) and the lease is
+        confirmed as still held by ``fence``'s term (a node paused past its lease must not
+        deliver what its successor now delivers); never return if ``fence``'s writes were
+        refused or its lease is gone (its term is ending)."""
         await self._wait_written(fail_when_down=False)
-        if fence in self.refused:
-            await trio.sleep_forever()
+        token = int(fence.rpartition("|")[2]) if "|" in fence else None
+        while True:
+            if fence in self.refused or token is None or self.lease.token != token:
+                await trio.sleep_forever()
+            if await self.lease.confirmed(token):
+                return
+            await trio.sleep(RETRY_SECONDS)  # Redis unreachable: it cannot say yet
 
     # -- AlertStore: the alerting node's writes ----------------------------------------------
 

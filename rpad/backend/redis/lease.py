@@ -54,6 +54,8 @@ class Lease:
         # Called with the new token (or None) whenever ours changes.
         self.on_change: list[Callable[[int | None], None]] = []
         self._changed = trio.Event()
+        # When (trio time) Redis last confirmed that we hold it.
+        self.confirmed_at: float | None = None
 
     @property
     def value(self) -> str:
@@ -96,6 +98,17 @@ class Lease:
             await self.hold()
             await trio.sleep(self.renew_seconds)
 
+    async def confirmed(self, token: int) -> bool:
+        """True if Redis confirmed that we hold the lease with ``token`` within the last
+        ``ttl - renew`` seconds (so it cannot lapse for at least ``renew`` seconds more), or
+        does so now; False when it cannot say (unreachable) or another node holds it."""
+        if self.token != token:
+            return False
+        at = self.confirmed_at
+        if at is not None and trio.current_time() - at <= self.ttl_seconds - self.renew_seconds:
+            return True
+        return await self.hold() and self.token == token
+
     async def release(self) -> None:
         """Give the lease back if we hold it (at most :data:`RELEASE_TIMEOUT_SECONDS`)."""
         if self.token is None:
@@ -123,6 +136,7 @@ class Lease:
                 log.info("this node (%s) now holds the %s lease (token %d)", self.node_id,
                          self.role, token)
             self.holder = self.node_id
+            self.confirmed_at = trio.current_time()
             self._set(token)
             return True
         if self.token is not None:
