@@ -255,3 +255,31 @@ async def test_one_alerting_node_at_a_time_and_a_stopped_one_hands_over(
         got = await receiver.wait_for(1)
         assert [r.json()["event"] for r in got] == ["client.offline"]
         await quiet(receiver, 1.0)
+
+
+async def test_a_node_whose_lease_was_taken_delivers_nothing_and_the_next_decides_once(
+        daemons: StartDaemon, cluster_config: Callable[..., Config],  # noqa: F811
+        nursery: trio.Nursery) -> None:
+    receiver = HttpReceiver()
+    await nursery.start(receiver.serve)
+    with trio.fail_after(TIMEOUT_SECONDS):
+        a, b = await start_pair(daemons, cluster_config, receiver)
+        holder = await one_alerting(a, b)
+        cluster = holder.daemon.cluster
+        assert cluster is not None
+        assert (await a.heartbeat("fenced-1")).status_code == 200
+        await trio.sleep(0.5)
+        # Another holder (as if this node had been paused past its lease): the node's next
+        # alert write is refused, or its next renewal finds the lease gone.
+        lease = cluster.alerts.k.lease
+        await cluster.link.call("SET", lease, "intruder|999999")
+        assert (await b.heartbeat("fenced-1", status="offline")).status_code == 200
+        while alerting(a, b):
+            await trio.sleep(0.05)
+        await quiet(receiver, 2.0)
+        # The intruder goes: a node takes the lease anew and decides that offline, once.
+        await cluster.link.call("DEL", lease)
+        got = await receiver.wait_for(1)
+        assert [(r.json()["event"], r.json()["clientId"]) for r in got] == [
+            ("client.offline", "fenced-1")]
+        await quiet(receiver, 2.0)
