@@ -11,7 +11,7 @@ import hashlib
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
@@ -126,19 +126,24 @@ class MaintenanceConfig:
                                  self.duration_minutes * 60.0, self.timezone)
 
 
+_DEFAULT = Policy()
+_DEFAULT_LEVEL = cast(Level, _DEFAULT.offline_level)
+
+
 @attrs.frozen
 class PolicyConfig:
     """The default policy (see :class:`rpad.core.alert_policy.Policy`), grouping, and
     overrides per tag and per client (``[alerts.policy.tags.<tag>]``,
     ``[alerts.policy.clients.<clientId>]``)."""
 
-    alert_after_seconds: float = 0.0
-    recover_after_seconds: float = 0.0
-    flap_transitions: int = 6
-    flap_window_seconds: float = 600.0
-    repeat_every_seconds: float = 0.0
-    max_reminders: int = 3
-    offline_level: Level = "warning"
+    # The policy's own defaults (rpad.core.alert_state.Policy), written once there.
+    alert_after_seconds: float = _DEFAULT.alert_after_seconds
+    recover_after_seconds: float = _DEFAULT.recover_after_seconds
+    flap_transitions: int = _DEFAULT.flap_transitions
+    flap_window_seconds: float = _DEFAULT.flap_window_seconds
+    repeat_every_seconds: float = _DEFAULT.repeat_every_seconds
+    max_reminders: int = _DEFAULT.max_reminders
+    offline_level: Level = _DEFAULT_LEVEL
     group_window_seconds: float = 60.0
     group_threshold: int = 3
     tags: dict[str, PolicyOverride] = attrs.Factory(dict)
