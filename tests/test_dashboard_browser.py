@@ -396,6 +396,23 @@ async def test_page_without_token_asks_for_one(make_config: Callable[..., Config
             await in_browser(scenario)
 
 
+async def test_an_empty_fleet_says_how_to_add_a_client(make_config: Callable[..., Config]) -> None:
+    with trio.fail_after(TEST_TIMEOUT_SECONDS):
+        async with daemon_running(make_config()) as rpad:
+
+            def scenario(page: Any) -> None:
+                open_dashboard(page, rpad)
+                expect(page.locator("#empty-title")).to_have_text("No clients yet")
+                expect(page.locator("#empty-text code")).to_have_text(
+                    f"rpad agent --url {rpad.http_url} --client-id $(hostname) "
+                    "--token-file agent.token")
+                call(rpad.heartbeat, "first-host")
+                expect(page.locator("tbody tr")).to_have_count(1)
+                expect(page.locator("#empty")).to_be_hidden()
+
+            await in_browser(scenario)
+
+
 async def test_client_module_backoff_matches_python(make_config: Callable[..., Config]) -> None:
     from rpad.client.backoff import backoff_delay
 

@@ -395,22 +395,26 @@ function render() {
   setText(ui.shown, state.loaded ? `Showing ${visible.length} of ${total} client${total === 1 ? "" : "s"}` : "");
   document.title = counts.offline ? `(${counts.offline} offline) rpad · fleet` : "rpad · fleet";
 
-  // Empty states.
-  if (visible.length) {
+  renderEmpty(visible.length, total);
+}
+
+// The empty state of the list: waiting, no clients at all, or none in this view.
+function renderEmpty(shown, total) {
+  if (shown) {
     ui.empty.hidden = true;
+    return;
+  }
+  ui.empty.hidden = false;
+  if (!state.loaded) {
+    setText(ui.emptyTitle, "Waiting for data…");
+    ui.emptyText.replaceChildren();
+  } else if (!total) {
+    setText(ui.emptyTitle, "No clients yet");
+    const code = el("code", null, `rpad agent --url ${location.origin} --client-id ${"$(hostname)"} --token-file agent.token`);
+    ui.emptyText.replaceChildren("Clients appear here with their first heartbeat. Run an agent on any Linux host: ", code);
   } else {
-    ui.empty.hidden = false;
-    if (!state.loaded) {
-      setText(ui.emptyTitle, "Waiting for data…");
-      ui.emptyText.replaceChildren();
-    } else if (!total) {
-      setText(ui.emptyTitle, "No clients yet");
-      const code = el("code", null, `rpad agent --url ${location.origin} --client-id ${"$(hostname)"} --token-file agent.token`);
-      ui.emptyText.replaceChildren("Clients appear here with their first heartbeat. Run an agent on any Linux host: ", code);
-    } else {
-      setText(ui.emptyTitle, "No clients match");
-      ui.emptyText.replaceChildren(state.query ? `Nothing matches “${state.query}” in this view.` : "No clients in this view.");
-    }
+    setText(ui.emptyTitle, "No clients match");
+    ui.emptyText.replaceChildren(state.query ? `Nothing matches “${state.query}” in this view.` : "No clients in this view.");
   }
 }
 
@@ -497,22 +501,7 @@ function renderWindow() {
   ui.next.disabled = last >= n.matching;
   setText(ui.pageInfo, n.matching ? `${first}–${last} of ${n.matching}` : "");
   document.title = n.offline ? `(${n.offline} offline) rpad · fleet` : "rpad · fleet";
-  if (visible.length) {
-    ui.empty.hidden = true;
-  } else {
-    ui.empty.hidden = false;
-    if (!state.loaded) {
-      setText(ui.emptyTitle, "Waiting for data…");
-      ui.emptyText.replaceChildren();
-    } else if (!total) {
-      setText(ui.emptyTitle, "No clients yet");
-      const code = el("code", null, `rpad agent --url ${location.origin} --client-id ${"$(hostname)"} --token-file agent.token`);
-      ui.emptyText.replaceChildren("Clients appear here with their first heartbeat. Run an agent on any Linux host: ", code);
-    } else {
-      setText(ui.emptyTitle, "No clients match");
-      ui.emptyText.replaceChildren(state.query ? `Nothing matches “${state.query}” in this view.` : "No clients in this view.");
-    }
-  }
+  renderEmpty(visible.length, total);
 }
 
 function applyWindow(d) {

@@ -30,20 +30,41 @@ import heapq
 import json
 import logging
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
 from ...core.errors import BackendUnavailable
 from ...core.jsonenc import dumps
 from ...core.model import CLIENT_CONNECTED, CLIENT_DISCONNECTED, CLIENT_REMOVED
-from ..base import TermStart, Transition
+from ..base import OutboxRow, TermStart, Transition
 from .codec import pairs
 from .keys import PRESENCE_SHARDS
 from .link import text
 
 if TYPE_CHECKING:
-    from .alerts import RedisAlertStore
+    from .keys import AlertKeys, Keys
+    from .link import Link
+    from .presence import RedisPresence
+
+
+class TermHost(Protocol):
+    """What a term uses of the node's alert store (:class:`.alerts.RedisAlertStore`, which
+    starts the terms: the store imports this module, never the other way round)."""
+
+    link: Link
+    keys: Keys
+    k: AlertKeys
+    presence: RedisPresence
+    node_id: str
+    # Set when a node recorded transitions (the term waits on the current one).
+    transitions_wake: trio.Event
+
+    def rows(self, outbox: Any, order: Any) -> list[OutboxRow]: ...
+
+    def stage(self, fence: str, ops: list[str]) -> None: ...
+
+    async def settled(self, fence: str) -> None: ...
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +115,7 @@ def _transition(fields: Mapping[str, str]) -> Transition:
 
 
 class RedisAlertTerm:
-    def __init__(self, store: RedisAlertStore, token: int) -> None:
+    def __init__(self, store: TermHost, token: int) -> None:
         self.store = store
         self.token = token
         self.fence = f"{store.node_id}|{token}"
