@@ -210,7 +210,7 @@ class ControlChannel:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keepalive, ws)
                 while True:
-                    msg = _parse(await ws.get_message())
+                    msg = wsclient.parse_message(await ws.get_message(), "control channel")
                     if msg is not None:
                         await self.handle(ws, nursery, msg)
         finally:
@@ -225,7 +225,7 @@ class ControlChannel:
         with trio.move_on_after(REGISTER_TIMEOUT_SECONDS):
             sent = False
             while True:
-                msg = _parse(await ws.get_message())
+                msg = wsclient.parse_message(await ws.get_message(), "control channel")
                 if msg is None:
                     continue
                 type_, data = msg.get("type"), msg.get("data")
@@ -320,14 +320,6 @@ class ControlChannel:
 async def _send(ws: WebSocketConnection, msg: dict[str, Any]) -> None:
     await ws.send_message(json.dumps(msg, ensure_ascii=False, separators=(",", ":")))
 
-
-def _parse(text: str | bytes) -> dict[str, Any] | None:
-    try:
-        msg = json.loads(text)
-    except ValueError:
-        log.warning("control channel: ignoring a message that is not JSON")
-        return None
-    return msg if isinstance(msg, dict) else None
 
 
 # -- the agent's command line --------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import signal
 import sys
@@ -36,8 +35,6 @@ from trio_websocket import WebSocketConnection
 from . import httpclient, wsclient
 from .agent import add_token_arguments, read_token
 from .backoff import Backoff
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TOPICS = ("client_status",)
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -214,7 +211,7 @@ class Watcher:
         established: dict[str, Any] | None = None
         with trio.move_on_after(ESTABLISH_TIMEOUT_SECONDS):
             while established is None:
-                msg = _parse(await ws.get_message())
+                msg = wsclient.parse_message(await ws.get_message(), "rpad watch")
                 if msg is None:
                     continue
                 if msg.get("type") == "CONNECTION_ESTABLISHED":
@@ -239,7 +236,7 @@ class Watcher:
             await ws.send_message(json.dumps(sub))
         nursery.start_soon(self._keepalive, ws)
         while True:
-            msg = _parse(await ws.get_message())
+            msg = wsclient.parse_message(await ws.get_message(), "rpad watch")
             if msg is not None:
                 self.handle(msg)
 
@@ -283,14 +280,6 @@ class Watcher:
             raise OutputClosed from None
         self.printed += 1
 
-
-def _parse(text: str | bytes) -> dict[str, Any] | None:
-    try:
-        msg = json.loads(text)
-    except ValueError:
-        log.warning("ignoring a message that is not JSON")
-        return None
-    return msg if isinstance(msg, dict) else None
 
 
 # -- the command ---------------------------------------------------------------------------------

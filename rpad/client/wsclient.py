@@ -23,9 +23,11 @@ nursery inside the block.
 from __future__ import annotations
 
 import json
+import logging
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import trio
 from trio_websocket import (
@@ -37,6 +39,8 @@ from trio_websocket import (
 )
 
 from . import httpclient
+
+log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_SECONDS = 10.0
 REFUSED_CLOSE_CODES = {4001: "unauthorized", 4003: "forbidden", 4009: "token expired"}
@@ -82,6 +86,17 @@ class EofAwareStream(trio.abc.Stream):
 
     async def aclose(self) -> None:
         await self.inner.aclose()
+
+
+def parse_message(text: str | bytes, who: str) -> dict[str, Any] | None:
+    """A hub message as a JSON object; None (logged, naming ``who`` received it) for
+    anything else."""
+    try:
+        msg = json.loads(text)
+    except ValueError:
+        log.warning("%s: ignoring a message that is not JSON", who)
+        return None
+    return msg if isinstance(msg, dict) else None
 
 
 def _message_of(body: str) -> str:
